@@ -1,0 +1,4 @@
+//! The CLIP model: configuration, both towers, tokenizer, weights and preprocessing.
+
+pub mod preprocess;
+pub mod tokenizer;

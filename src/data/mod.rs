@@ -1,0 +1,3 @@
+//! Images in, tensors out. Knows nothing of CLIP internals.
+
+pub mod decode;

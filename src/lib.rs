@@ -1,0 +1,8 @@
+//! coft: label-free fine-tuning of CLIP (CoFT / CoFT+, see `docs` in the README).
+//!
+//! Layout follows the story: [`clip`] is the model and knows nothing of the method,
+//! [`data`] turns files into tensors, and the command line lives in the binary.
+
+pub mod clip;
+pub mod data;
+pub mod util;
