@@ -5,4 +5,5 @@
 
 pub mod clip;
 pub mod data;
+pub mod method;
 pub mod util;

@@ -1,3 +1,1 @@
 //! Images in, tensors out. Knows nothing of CLIP internals.
-
-pub mod decode;

@@ -1,0 +1,54 @@
+//! Hugging Face hub download into the standard cache (`$HF_HOME/hub`), so a model fetched
+//! once by any HF tool is found offline afterwards.
+
+use std::path::PathBuf;
+
+use super::ClipError;
+
+/// Return `(config.json, model.safetensors)` for a hub id, from the cache or the network.
+pub fn fetch(model: &str) -> Result<(Option<PathBuf>, PathBuf), ClipError> {
+    let err = |message: String| ClipError::Hub {
+        model: model.to_string(),
+        message,
+    };
+    if let Some(found) = cached(model) {
+        return Ok(found);
+    }
+    Err(err(
+        "not in the local Hugging Face cache and downloading is not available in this build".into(),
+    ))
+}
+
+/// Look for a snapshot in the standard cache layout
+/// `$HF_HOME/hub/models--{org}--{name}/snapshots/<rev>/`.
+pub fn cached(model: &str) -> Option<(Option<PathBuf>, PathBuf)> {
+    let root = hub_cache_dir()?;
+    let repo = root.join(format!("models--{}", model.replace('/', "--")));
+    let rev = std::fs::read_to_string(repo.join("refs").join("main")).ok();
+    let snapshots = repo.join("snapshots");
+    let dir = match rev {
+        Some(r) => snapshots.join(r.trim()),
+        None => std::fs::read_dir(&snapshots).ok()?.flatten().next()?.path(),
+    };
+    let weights = dir.join("model.safetensors");
+    weights.is_file().then(|| {
+        let cfg = dir.join("config.json");
+        (cfg.is_file().then_some(cfg), weights)
+    })
+}
+
+pub fn hub_cache_dir() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("HF_HUB_CACHE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(p) = std::env::var("HF_HOME") {
+        return Some(PathBuf::from(p).join("hub"));
+    }
+    let home = std::env::var_os("HOME")?;
+    Some(
+        PathBuf::from(home)
+            .join(".cache")
+            .join("huggingface")
+            .join("hub"),
+    )
+}

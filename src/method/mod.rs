@@ -1,0 +1,3 @@
+//! The paper, stage by stage (METHOD.md). Only step 0 lives here so far.
+
+pub mod zero_shot;
