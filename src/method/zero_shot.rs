@@ -48,3 +48,163 @@ pub fn logits(image_embeds: Tensor<2>, class_embeds: Tensor<2>, scale: f32) -> T
 pub fn probabilities(image_embeds: Tensor<2>, class_embeds: Tensor<2>, scale: f32) -> Tensor<2> {
     softmax(logits(image_embeds, class_embeds, scale), 1)
 }
+
+/// Errors in the user's class and template files; each names the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: std::path::PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// One class name per line. Blank lines and duplicates are errors (a silent blank class
+/// would shift every label after it); a trailing newline and `\r\n` endings are fine.
+pub fn read_classes(path: &std::path::Path) -> Result<Vec<String>, PromptFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PromptFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_classes(&text).map_err(|(line, message)| {
+        if line == 0 {
+            PromptFileError::File {
+                path: path.to_path_buf(),
+                message,
+            }
+        } else {
+            PromptFileError::Line {
+                path: path.to_path_buf(),
+                line,
+                message,
+            }
+        }
+    })
+}
+
+/// `Err((line, message))`, line 0 for whole-file problems.
+pub fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    if body.trim().is_empty() {
+        return Err((0, "no class names (expected one per line)".into()));
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut classes = Vec::new();
+    for (i, raw) in body.split('\n').enumerate() {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err((
+                i + 1,
+                "blank line (expected one class name per line)".into(),
+            ));
+        }
+        if let Some(first) = seen.insert(name.to_string(), i + 1) {
+            return Err((
+                i + 1,
+                format!("duplicate class {name:?} (first on line {first})"),
+            ));
+        }
+        classes.push(name.to_string());
+    }
+    Ok(classes)
+}
+
+/// CuPL-style `{"class name": ["sentence", ...]}`.
+pub fn read_templates_json(
+    path: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, PromptFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PromptFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PromptFileError::File {
+        path: path.to_path_buf(),
+        message: format!("expected {{\"class name\": [\"sentence\", ...]}}: {e}"),
+    })
+}
+
+/// How a class name reads inside a sentence: CoOp's convention, underscores become spaces.
+pub fn readable(class: &str) -> String {
+    class.replace('_', " ")
+}
+
+/// The prompts of each class: every template filled with the class name, plus the
+/// class's sentences from a CuPL file (matched exactly, or ignoring case and
+/// underscores). Returns the prompts and the classes the CuPL file did not cover.
+pub fn build_prompts(
+    classes: &[String],
+    templates: &[String],
+    cupl: Option<&std::collections::BTreeMap<String, Vec<String>>>,
+) -> (Vec<Vec<String>>, Vec<String>) {
+    let key = |s: &str| readable(s).to_lowercase();
+    let mut missing = Vec::new();
+    let prompts = classes
+        .iter()
+        .map(|c| {
+            let mut p: Vec<String> = templates
+                .iter()
+                .map(|t| fill_template(t, &readable(c)))
+                .collect();
+            if let Some(map) = cupl {
+                let found = map
+                    .get(c)
+                    .or_else(|| map.iter().find(|(k, _)| key(k) == key(c)).map(|(_, v)| v));
+                match found {
+                    Some(s) => p.extend(s.iter().filter(|s| !s.trim().is_empty()).cloned()),
+                    None => missing.push(c.clone()),
+                }
+            }
+            p
+        })
+        .collect();
+    (prompts, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_file_rules() {
+        assert_eq!(parse_classes("dog\ncat\n").unwrap(), vec!["dog", "cat"]);
+        assert_eq!(parse_classes("dog\r\ncat").unwrap(), vec!["dog", "cat"]);
+        assert_eq!(parse_classes("dog\n\ncat\n").unwrap_err().0, 2);
+        let e = parse_classes("dog\ncat\ndog\n").unwrap_err();
+        assert_eq!(e.0, 3);
+        assert!(e.1.contains("line 1"));
+        assert!(parse_classes("\n").is_err());
+    }
+
+    #[test]
+    fn prompts_from_templates_and_cupl() {
+        let classes = vec!["yin_yang".to_string(), "dog".to_string()];
+        let mut cupl = std::collections::BTreeMap::new();
+        cupl.insert(
+            "Yin Yang".to_string(),
+            vec!["a symbol of balance.".to_string()],
+        );
+        let t = vec!["a photo of a {}.".to_string(), "itap of".to_string()];
+        let (p, missing) = build_prompts(&classes, &t, Some(&cupl));
+        assert_eq!(
+            p[0],
+            vec![
+                "a photo of a yin yang.",
+                "itap of yin yang",
+                "a symbol of balance."
+            ]
+        );
+        assert_eq!(p[1].len(), 2);
+        assert_eq!(missing, vec!["dog"]);
+    }
+}

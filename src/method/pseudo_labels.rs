@@ -1,0 +1,263 @@
+//! Pseudo-label sets as plain data you can save, load and inspect (METHOD.md step 0.3 and
+//! Phase II step 1): top-K selection per class and the collaborative filtering rule.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One image's pseudo-label in a stage. `clean` is set by collaborative filtering;
+/// `true_label` only when the data has labels (evaluation, never training).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PseudoLabel {
+    /// Path relative to the dataset root (as written in the CSV).
+    pub path: String,
+    pub label: usize,
+    pub confidence: f32,
+    pub selected: bool,
+    pub clean: Option<bool>,
+    pub true_label: Option<usize>,
+}
+
+/// Argmax and max of each row of a row-major `[n, c]` probability matrix.
+pub fn argmax_rows(probs: &[f32], c: usize) -> Vec<(usize, f32)> {
+    probs
+        .chunks(c)
+        .map(|row| {
+            let mut best = 0;
+            for (i, &p) in row.iter().enumerate() {
+                if p > row[best] {
+                    best = i;
+                }
+            }
+            (best, row[best])
+        })
+        .collect()
+}
+
+/// What `select_top_k` kept per class, for the user's report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub selected: Vec<bool>,
+    pub per_class: Vec<usize>,
+}
+
+impl Selection {
+    /// Classes that got fewer than `k` images, with their counts (0 = none at all).
+    pub fn short_classes(&self, k: usize) -> Vec<(usize, usize)> {
+        self.per_class
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n < k)
+            .map(|(c, &n)| (c, n))
+            .collect()
+    }
+}
+
+/// `S*`: for each class, the `k` most confident images among those whose pseudo-label is
+/// that class (so each image is selected at most once). Ties keep the lower index, so the
+/// selection is deterministic.
+pub fn select_top_k(labels: &[(usize, f32)], num_classes: usize, k: usize) -> Selection {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    for (i, &(c, _)) in labels.iter().enumerate() {
+        by_class[c].push(i);
+    }
+    let mut selected = vec![false; labels.len()];
+    let mut per_class = vec![0; num_classes];
+    for (c, idx) in by_class.iter_mut().enumerate() {
+        idx.sort_by(|&a, &b| labels[b].1.total_cmp(&labels[a].1).then(a.cmp(&b)));
+        for &i in idx.iter().take(k) {
+            selected[i] = true;
+        }
+        per_class[c] = idx.len().min(k);
+    }
+    Selection {
+        selected,
+        per_class,
+    }
+}
+
+/// Phase II step 1, one direction: the labeller's label `y` of image `x` is clean iff the
+/// validator's positive prompt beats its negative prompt on that class,
+/// `sim(v2(x), t2+(c_y)) > sim(v2(x), t2-(c_y))`. `pos` and `neg` are the validator's
+/// similarities, row-major `[n, c]`.
+pub fn collaborative_filter(labels: &[usize], pos: &[f32], neg: &[f32], c: usize) -> Vec<bool> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| pos[i * c + y] > neg[i * c + y])
+        .collect()
+}
+
+/// Size and quality of one pseudo-label set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetQuality {
+    pub size: usize,
+    /// Share of the set whose label is right (when true labels are known).
+    pub precision: Option<f64>,
+}
+
+pub fn quality<'a>(rows: impl Iterator<Item = &'a PseudoLabel>) -> SetQuality {
+    let mut size = 0;
+    let mut known = 0;
+    let mut right = 0;
+    for r in rows {
+        size += 1;
+        if let Some(t) = r.true_label {
+            known += 1;
+            right += usize::from(t == r.label);
+        }
+    }
+    SetQuality {
+        size,
+        precision: (known > 0).then(|| right as f64 / known as f64),
+    }
+}
+
+/// Share of the wrong pseudo-labels that filtering moved to the noise set.
+pub fn errors_caught(rows: &[PseudoLabel]) -> Option<f64> {
+    let wrong: Vec<&PseudoLabel> = rows
+        .iter()
+        .filter(|r| r.true_label.is_some_and(|t| t != r.label))
+        .collect();
+    if wrong.is_empty() {
+        return None;
+    }
+    let caught = wrong.iter().filter(|r| r.clean == Some(false)).count();
+    Some(caught as f64 / wrong.len() as f64)
+}
+
+/// Write a set as CSV: `path,label,confidence,selected,clean,true_label` with class names.
+pub fn write_csv(path: &Path, rows: &[PseudoLabel], classes: &[String]) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+    w.write_record([
+        "path",
+        "label",
+        "confidence",
+        "selected",
+        "clean",
+        "true_label",
+    ])?;
+    for r in rows {
+        w.write_record([
+            r.path.clone(),
+            name(r.label),
+            r.confidence.to_string(),
+            u8::from(r.selected).to_string(),
+            r.clean.map_or(String::new(), |c| u8::from(c).to_string()),
+            r.true_label.map_or(String::new(), name),
+        ])?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// Read a set written by [`write_csv`]; class names are mapped back to indices.
+pub fn read_csv(path: &Path, classes: &[String]) -> Result<Vec<PseudoLabel>, String> {
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let index = |s: &str, line: usize| -> Result<usize, String> {
+        classes
+            .iter()
+            .position(|c| c == s)
+            .ok_or_else(|| format!("{}:{line}: unknown class {s:?}", path.display()))
+    };
+    let mut rows = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| format!("{}:{line}: {e}", path.display()))?;
+        let field = |j: usize| rec.get(j).unwrap_or("");
+        let flag = |s: &str| -> Result<Option<bool>, String> {
+            match s {
+                "" => Ok(None),
+                "1" => Ok(Some(true)),
+                "0" => Ok(Some(false)),
+                other => Err(format!(
+                    "{}:{line}: expected 0 or 1, found {other:?}",
+                    path.display()
+                )),
+            }
+        };
+        rows.push(PseudoLabel {
+            path: field(0).to_string(),
+            label: index(field(1), line)?,
+            confidence: field(2)
+                .parse()
+                .map_err(|_| format!("{}:{line}: bad confidence {:?}", path.display(), field(2)))?,
+            selected: flag(field(3))?.unwrap_or(false),
+            clean: flag(field(4))?,
+            true_label: match field(5) {
+                "" => None,
+                s => Some(index(s, line)?),
+            },
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_per_class_each_image_once() {
+        let labels = vec![(0, 0.9), (0, 0.5), (1, 0.8), (0, 0.7), (1, 0.3), (0, 0.7)];
+        let s = select_top_k(&labels, 3, 2);
+        assert_eq!(s.selected, vec![true, false, true, true, true, false]);
+        assert_eq!(s.per_class, vec![2, 2, 0]);
+        assert_eq!(s.short_classes(2), vec![(2, 0)]);
+    }
+
+    #[test]
+    fn filtering_rule_on_constructed_cases() {
+        // 3 images, 2 classes; labeller says [0, 1, 1].
+        let pos = [0.5, 0.1, 0.2, 0.2, 0.3, 0.6];
+        let neg = [0.4, 0.9, 0.1, 0.3, 0.0, 0.6];
+        // image 0: pos 0.5 > neg 0.4 -> clean; image 1: 0.2 < 0.3 -> noise;
+        // image 2: 0.6 == 0.6 -> noise (strictly greater required).
+        assert_eq!(
+            collaborative_filter(&[0, 1, 1], &pos, &neg, 2),
+            vec![true, false, false]
+        );
+    }
+
+    #[test]
+    fn quality_and_csv_round_trip() {
+        let classes = vec!["cat".to_string(), "dog, big".to_string()];
+        let rows = vec![
+            PseudoLabel {
+                path: "a/1.jpg".into(),
+                label: 0,
+                confidence: 0.75,
+                selected: true,
+                clean: Some(true),
+                true_label: Some(0),
+            },
+            PseudoLabel {
+                path: "b/2.jpg".into(),
+                label: 1,
+                confidence: 0.5,
+                selected: false,
+                clean: Some(false),
+                true_label: Some(0),
+            },
+            PseudoLabel {
+                path: "c,3.jpg".into(),
+                label: 1,
+                confidence: 0.25,
+                selected: true,
+                clean: Some(true),
+                true_label: Some(0),
+            },
+        ];
+        let q = quality(rows.iter());
+        assert_eq!(q.size, 3);
+        assert!((q.precision.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(errors_caught(&rows), Some(0.5));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("set.csv");
+        write_csv(&p, &rows, &classes).unwrap();
+        assert_eq!(read_csv(&p, &classes).unwrap(), rows);
+    }
+}
