@@ -6,6 +6,7 @@ pub mod config;
 pub mod hub;
 pub mod model;
 pub mod text;
+pub mod tokenizer;
 pub mod transformer;
 pub mod vision;
 pub mod weights;

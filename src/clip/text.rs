@@ -6,6 +6,7 @@ use burn::nn::LayerNorm;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::TextConfig;
+use super::tokenizer::eot_position;
 use super::transformer::Block;
 
 #[derive(Module, Debug)]
@@ -121,14 +122,3 @@ impl TextTower {
     }
 }
 
-/// Where CLIP pools a prompt: the first end-of-text token (OpenAI takes the argmax id,
-/// which is the same token because EOT has the largest id).
-pub fn eot_position(ids: &[u32]) -> usize {
-    const EOT: u32 = 49407;
-    ids.iter().position(|&t| t == EOT).unwrap_or_else(|| {
-        ids.iter()
-            .enumerate()
-            .max_by_key(|(_, &t)| t)
-            .map_or(0, |(i, _)| i)
-    })
-}
