@@ -5,5 +5,7 @@
 
 pub mod clip;
 pub mod data;
+pub mod infer;
 pub mod method;
+pub mod train;
 pub mod util;

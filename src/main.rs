@@ -1,1 +1,18 @@
-fn main() {}
+//! `coft`: parse the command line, run the library, map errors to a one-line reason and a
+//! non-zero exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    coft::util::alloc::tune();
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the whole context chain, outermost first.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

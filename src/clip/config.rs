@@ -187,19 +187,19 @@ impl ClipConfig {
         let v = &self.vision;
         let t = &self.text;
         let bad = |m: String| Err(ClipError::Config(m));
-        if v.hidden_size % v.num_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_heads) {
             return bad(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_heads
             ));
         }
-        if t.hidden_size % t.num_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_heads) {
             return bad(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod hub;
 pub mod model;
+pub mod preprocess;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;

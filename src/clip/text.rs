@@ -121,4 +121,3 @@ impl TextTower {
         self.forward_embeddings(emb, &batch.eot)
     }
 }
-

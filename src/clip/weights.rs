@@ -315,8 +315,6 @@ pub fn openai_to_hf(mut map: TensorMap) -> Result<TensorMap, ClipError> {
         ),
         ("transformer.resblocks.", "text_model.encoder.layers."),
     ];
-    drop(take);
-    drop(put);
     for (src, dst) in towers {
         let n = count_layers(&map, src);
         for i in 0..n {
@@ -537,6 +535,7 @@ impl Taker {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn blocks(
         &mut self,
         prefix: &str,

@@ -1,6 +1,8 @@
 //! Images in, tensors out. Knows nothing of CLIP internals.
 
 pub mod benchmarks;
+pub mod decode;
+pub mod loader;
 pub mod scan;
 pub mod shared;
 pub mod source;

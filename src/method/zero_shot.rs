@@ -139,13 +139,15 @@ pub fn readable(class: &str) -> String {
     class.replace('_', " ")
 }
 
-/// The prompts of each class: every template filled with the class name, plus the
+/// The prompts of each class: every template filled with the class name (verbatim, or
+/// with underscores as spaces when `spaces` is set, as CoOp's benchmarks do), plus the
 /// class's sentences from a CuPL file (matched exactly, or ignoring case and
 /// underscores). Returns the prompts and the classes the CuPL file did not cover.
 pub fn build_prompts(
     classes: &[String],
     templates: &[String],
     cupl: Option<&std::collections::BTreeMap<String, Vec<String>>>,
+    spaces: bool,
 ) -> (Vec<Vec<String>>, Vec<String>) {
     let key = |s: &str| readable(s).to_lowercase();
     let mut missing = Vec::new();
@@ -154,7 +156,7 @@ pub fn build_prompts(
         .map(|c| {
             let mut p: Vec<String> = templates
                 .iter()
-                .map(|t| fill_template(t, &readable(c)))
+                .map(|t| fill_template(t, &if spaces { readable(c) } else { c.clone() }))
                 .collect();
             if let Some(map) = cupl {
                 let found = map
@@ -195,7 +197,7 @@ mod tests {
             vec!["a symbol of balance.".to_string()],
         );
         let t = vec!["a photo of a {}.".to_string(), "itap of".to_string()];
-        let (p, missing) = build_prompts(&classes, &t, Some(&cupl));
+        let (p, missing) = build_prompts(&classes, &t, Some(&cupl), true);
         assert_eq!(
             p[0],
             vec![
@@ -206,5 +208,7 @@ mod tests {
         );
         assert_eq!(p[1].len(), 2);
         assert_eq!(missing, vec!["dog"]);
+        let (p, _) = build_prompts(&classes, &t, None, false);
+        assert_eq!(p[0], vec!["a photo of a yin_yang.", "itap of yin_yang"]);
     }
 }

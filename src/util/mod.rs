@@ -1,5 +1,6 @@
 //! Small shared helpers.
 
+pub mod alloc;
 pub mod npy;
 
 use std::io::Write;

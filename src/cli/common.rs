@@ -1,0 +1,167 @@
+//! Flags and plumbing every model-running command shares.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+use coft::data::loader::Skipped;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
+    /// Images (or texts) per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Worker threads for decoding and CPU compute (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+}
+
+impl RunOpts {
+    /// Apply thread settings and return the compute device.
+    pub fn setup(&self) -> anyhow::Result<Device> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if let Some(n) = self.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .context("setting up the thread pool")?;
+        }
+        device(self.device)
+    }
+}
+
+pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => bail!("this coft was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+    }
+}
+
+/// A progress bar with ETA on a terminal; on a pipe or CI log, a plain line every few
+/// seconds instead of control characters.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    total: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(label: &str, total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        let now = Instant::now();
+        Self {
+            bar,
+            label: label.into(),
+            total: total as u64,
+            start: now,
+            last: now,
+        }
+    }
+
+    pub fn set(&mut self, done: usize) {
+        let done = done as u64;
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        if self.last.elapsed() >= Duration::from_secs(5) || done == self.total {
+            self.last = Instant::now();
+            let el = self.start.elapsed().as_secs_f64();
+            let eta = if done > 0 {
+                el / done as f64 * (self.total - done.min(self.total)) as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "{}: {done}/{} ({:.0}s elapsed, ETA {eta:.0}s)",
+                self.label, self.total, el
+            );
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Report unreadable images one per line and a count; they are skipped, not fatal.
+pub fn report_skipped(skipped: &[Skipped]) {
+    for s in skipped {
+        eprintln!("warning: skipped {}", s.reason);
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: {} image(s) could not be read and were skipped",
+            skipped.len()
+        );
+    }
+}
+
+/// Scan a folder for images (recursively, sorted); problems are reported and skipped.
+pub fn scan_folder(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("{}: not a folder", dir.display());
+    }
+    let scan = coft::data::scan::scan_images(dir);
+    for p in &scan.problems {
+        eprintln!("warning: skipped {p}");
+    }
+    if scan.files.is_empty() {
+        bail!(
+            "{}: no images found (looked for {} files)",
+            dir.display(),
+            coft::data::scan::IMAGE_EXTENSIONS.join("/")
+        );
+    }
+    Ok(scan.files)
+}
+
+/// Path relative to `root`, with `/` separators, for CSV and text outputs.
+pub fn relative(path: &Path, root: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub fn load_model(spec: &str, device: &Device) -> anyhow::Result<coft::clip::Clip> {
+    let (model, src) = coft::clip::weights::load_model(spec, device)
+        .with_context(|| format!("loading model {spec:?}"))?;
+    tracing::info!(model = %src.spec, "model loaded");
+    Ok(model)
+}

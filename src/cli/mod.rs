@@ -1,0 +1,38 @@
+//! One file per subcommand: flags -> a config -> a library call.
+
+mod bench;
+mod common;
+mod embed;
+mod zero_shot;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "coft",
+    version,
+    about = "Label-free fine-tuning of CLIP (CoFT / CoFT+)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify a folder of images with a CLIP model and class names, no training.
+    ZeroShot(zero_shot::Args),
+    /// Write L2-normalised image or text embeddings to a .npy file.
+    Embed(embed::Args),
+    /// Benchmarks beside PyTorch on the same machine (prints tables).
+    Bench(bench::Args),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::ZeroShot(a) => zero_shot::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

@@ -1,0 +1,405 @@
+//! Checkpoints: named f32 tensors in safetensors plus a small JSON [`TrainState`], each
+//! written atomically (temp file, fsync, rename in the same folder), so a crash at any
+//! moment leaves the previous checkpoint whole. Module tensors are named by their module
+//! path, which a model rebuilt in a new process shares with the old one (a `ParamId` is
+//! random per construction and is never used).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+
+/// A tensor on the host in f32, row-major: what checkpoints hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostData {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Named host tensors, as read from a safetensors file.
+pub type NamedTensors = BTreeMap<String, HostData>;
+
+impl HostData {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?} does not match {} values",
+            data.len()
+        );
+        Self { shape, data }
+    }
+
+    /// Copy a tensor to the host (any float dtype, converted to f32).
+    pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
+        let shape = tensor.dims().to_vec();
+        let data = tensor
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("a float tensor converted to f32 reads back as f32");
+        Self { shape, data }
+    }
+
+    /// Upload to `device`. Panics when the rank is not `D`; callers check shapes first
+    /// (see [`load_module_tensors`]).
+    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        assert_eq!(
+            self.shape.len(),
+            D,
+            "host tensor of shape {:?} is not of rank {D}",
+            self.shape
+        );
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
+    }
+}
+
+/// Write named f32 tensors to a safetensors file, atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, HostData)]) -> Result<(), TrainError> {
+    save_tensors_with_metadata(path, tensors, &BTreeMap::new())
+}
+
+/// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`).
+pub fn save_tensors_with_metadata(
+    path: &Path,
+    tensors: &[(String, HostData)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), TrainError> {
+    let bytes: Vec<(&str, Vec<u8>, &[usize])> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let b: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.as_str(), b, t.shape.as_slice())
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (name, b, shape) in &bytes {
+        if !seen.insert(*name) {
+            return Err(TrainError::in_file(
+                path,
+                format!("tensor {name:?} given twice"),
+            ));
+        }
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+            .map_err(|e| TrainError::in_file(path, format!("tensor {name:?}: {e}")))?;
+        views.push((name.to_string(), view));
+    }
+    let meta = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    let out = safetensors::serialize(views, meta)
+        .map_err(|e| TrainError::in_file(path, format!("serialising: {e}")))?;
+    crate::util::write_atomic(path, &out).map_err(|e| TrainError::io(path, e))
+}
+
+/// Read every tensor of a safetensors file as f32 (f32, f16 and bf16 are accepted).
+pub fn load_tensors(path: &Path) -> Result<NamedTensors, TrainError> {
+    load_tensors_with_metadata(path).map(|(t, _)| t)
+}
+
+/// [`load_tensors`] and the header's string metadata.
+pub fn load_tensors_with_metadata(
+    path: &Path,
+) -> Result<(NamedTensors, BTreeMap<String, String>), TrainError> {
+    use safetensors::{Dtype, SafeTensors};
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
+    let mut map = NamedTensors::new();
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(TrainError::in_file(
+                    path,
+                    format!("tensor {name:?} has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        map.insert(name, HostData::new(view.shape().to_vec(), data));
+    }
+    Ok((map, metadata))
+}
+
+/// Tracks the module path during a traversal; a parameter's name is its path joined by
+/// dots (`layers.0.attn.qkv.weight`), or its visit index when it has no path (a bare
+/// `Param` passed as the module).
+#[derive(Default)]
+struct PathTracker {
+    path: Vec<String>,
+    index: usize,
+}
+
+impl PathTracker {
+    fn next_name(&mut self) -> String {
+        let name = if self.path.is_empty() {
+            self.index.to_string()
+        } else {
+            self.path.join(".")
+        };
+        self.index += 1;
+        name
+    }
+}
+
+/// Every float parameter of `module` as a named host tensor, in visit order.
+pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostData)> {
+    struct Collect {
+        at: PathTracker,
+        out: Vec<(String, HostData)>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.at.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.at.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let name = self.at.next_name();
+            self.out.push((name, HostData::from_tensor(&param.val())));
+        }
+    }
+    let mut c = Collect {
+        at: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Names and shapes of `module`'s float parameters, in visit order (no data is read, lazy
+/// parameters stay uninitialised).
+pub fn module_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Shapes {
+        at: PathTracker,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Shapes {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.at.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.at.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let name = self.at.next_name();
+            self.out.push((name, param.lazy_shape().to_vec()));
+        }
+    }
+    let mut s = Shapes {
+        at: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut s);
+    s.out
+}
+
+/// Replace every float parameter of `module` by the tensor of the same name. Strict: a
+/// missing tensor, a shape mismatch or a tensor the module has no place for is an error
+/// naming it (all problems are listed). Parameters keep their device, id and whether they
+/// require a gradient, so a module built from scratch and loaded trains on exactly as
+/// the saved one would.
+pub fn load_module_tensors<M: Module>(module: M, tensors: &NamedTensors) -> Result<M, TrainError> {
+    let shapes = module_shapes(&module);
+    let mut problems = Vec::new();
+    for (name, shape) in &shapes {
+        match tensors.get(name) {
+            None => problems.push(format!("missing tensor {name:?} (shape {shape:?})")),
+            Some(t) if &t.shape != shape => problems.push(format!(
+                "tensor {name:?} has shape {:?}, the model expects {shape:?}",
+                t.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+    for name in tensors.keys().filter(|n| !known.contains(n.as_str())) {
+        problems.push(format!("unexpected tensor {name:?} (not in the model)"));
+    }
+    if !problems.is_empty() {
+        return Err(TrainError::Mismatch {
+            context: "loading module tensors".into(),
+            problems,
+        });
+    }
+
+    struct Load<'a> {
+        at: PathTracker,
+        tensors: &'a NamedTensors,
+    }
+    impl ModuleMapper for Load<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.at.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.at.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = self.at.next_name();
+            let host = &self.tensors[&name];
+            let value = host.to_tensor::<D>(&param.lazy_device());
+            let id = param.id;
+            param.transform_for_load(value, id)
+        }
+    }
+    Ok(module.map(&mut Load {
+        at: PathTracker::default(),
+        tensors,
+    }))
+}
+
+/// [`module_tensors`] saved with [`save_tensors`].
+pub fn save_module<M: Module>(path: &Path, module: &M) -> Result<(), TrainError> {
+    save_tensors(path, &module_tensors(module))
+}
+
+/// [`load_tensors`] applied with [`load_module_tensors`]; errors name the file.
+pub fn load_module<M: Module>(path: &Path, module: M) -> Result<M, TrainError> {
+    let tensors = load_tensors(path)?;
+    load_module_tensors(module, &tensors).map_err(|e| match e {
+        TrainError::Mismatch { problems, .. } => TrainError::Mismatch {
+            context: path.display().to_string(),
+            problems,
+        },
+        other => other,
+    })
+}
+
+/// Position of a seeded ChaCha8 generator, enough to continue its stream exactly after a
+/// restart (the project seeds every random choice with `ChaCha8Rng`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 32-byte key, hex.
+    pub seed: String,
+    pub stream: u64,
+    /// Words consumed so far; a string because JSON readers lose integers past 2^53.
+    pub word_pos: String,
+}
+
+impl RngState {
+    pub fn capture(rng: &ChaCha8Rng) -> Self {
+        Self {
+            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn restore(&self) -> Result<ChaCha8Rng, String> {
+        use rand::SeedableRng;
+        let hex = self.seed.as_bytes();
+        if hex.len() != 64 {
+            return Err(format!("rng seed {:?} is not 64 hex digits", self.seed));
+        }
+        let mut seed = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            let s = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
+            seed[i] = u8::from_str_radix(s, 16)
+                .map_err(|_| format!("rng seed {:?} is not hex", self.seed))?;
+        }
+        let word_pos: u128 = self
+            .word_pos
+            .parse()
+            .map_err(|_| format!("rng word_pos {:?} is not an integer", self.word_pos))?;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(word_pos);
+        Ok(rng)
+    }
+}
+
+/// Where a training stage stands, saved next to its tensors so resume knows the epoch,
+/// step, generator positions and what the log said last.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    #[serde(default)]
+    pub stage: String,
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Completed optimiser steps.
+    pub step: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub rngs: BTreeMap<String, RngState>,
+    /// Free-form summary (last loss, best accuracy, ...).
+    #[serde(default)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TrainState {
+    /// Write as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut json = serde_json::to_vec_pretty(self)
+            .map_err(|e| TrainError::in_file(path, format!("serialising: {e}")))?;
+        json.push(b'\n');
+        crate::util::write_atomic(path, &json).map_err(|e| TrainError::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| TrainError::in_file(path, format!("not a train state: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn rng_state_round_trips_mid_stream() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        rng.set_stream(3);
+        for _ in 0..13 {
+            rng.next_u32();
+        }
+        let state = RngState::capture(&rng);
+        let json = serde_json::to_string(&state).unwrap();
+        let mut back = serde_json::from_str::<RngState>(&json)
+            .unwrap()
+            .restore()
+            .unwrap();
+        let a: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
+        let b: Vec<u64> = (0..5).map(|_| back.next_u64()).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_rng_seed_is_an_error() {
+        let s = RngState {
+            seed: "zz".into(),
+            stream: 0,
+            word_pos: "0".into(),
+        };
+        assert!(s.restore().is_err());
+    }
+}

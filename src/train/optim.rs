@@ -1,0 +1,507 @@
+//! SGD (momentum, weight decay) and AdamW with exactly PyTorch's update rules, for any burn
+//! [`Module`] or for free-standing tensors.
+//!
+//! State is keyed by a parameter's position in the module's deterministic visit order, not
+//! by its `ParamId` (random per construction): a model rebuilt in a new process and an
+//! optimiser loaded from [`Optimizer::save`] continue the run bit for bit. This is why
+//! burn-optim's `ModuleOptimizer` is not used.
+//!
+//! Updates run on the inner (non-autodiff) backend and the new value is lifted back as a
+//! fresh leaf that requires a gradient, so the next forward starts a new graph. Buffers are
+//! consumed by value, which lets the Flex backend update them in place.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{
+    load_tensors_with_metadata, module_shapes, save_tensors_with_metadata, HostData, NamedTensors,
+};
+use super::TrainError;
+
+/// `torch.optim.SGD` with `dampening = 0`, `nesterov = False`:
+/// `g = grad + wd * p; buf = g (first step) else momentum * buf + g; p -= lr * buf`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    /// METHOD.md's provisional Phase I / II values.
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        }
+    }
+}
+
+/// `torch.optim.AdamW` (`amsgrad = False`): `p *= 1 - lr * wd`, then Adam with bias
+/// correction, `eps` added after `sqrt(v_hat)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum OptimizerConfig {
+    #[serde(rename = "sgd")]
+    Sgd(SgdConfig),
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+}
+
+impl OptimizerConfig {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Sgd(_) => "sgd",
+            Self::AdamW(_) => "adamw",
+        }
+    }
+}
+
+/// A state buffer: on the device once used, on the host after loading until the first step
+/// (which is when the parameter's device is known).
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // `Device` is the common case; boxing it costs every step
+enum Buf {
+    Host(Vec<f32>),
+    Device(Tensor<1>),
+}
+
+impl Buf {
+    fn take(self, device: &Device) -> Tensor<1> {
+        match self {
+            Buf::Device(t) if &t.device() == device => t,
+            Buf::Device(t) => t.to_device(device),
+            Buf::Host(v) => {
+                let n = v.len();
+                Tensor::from_data(TensorData::new(v, [n]), device)
+            }
+        }
+    }
+
+    fn to_host(&self, shape: &[usize]) -> HostData {
+        match self {
+            Buf::Host(v) => HostData::new(shape.to_vec(), v.clone()),
+            Buf::Device(t) => HostData {
+                shape: shape.to_vec(),
+                data: HostData::from_tensor(t).data,
+            },
+        }
+    }
+}
+
+/// Per-parameter state, flattened to 1-D (one code path for every rank).
+#[derive(Clone, Debug)]
+struct Slot {
+    shape: Vec<usize>,
+    /// AdamW steps taken by this parameter (bias correction; PyTorch counts per parameter).
+    step: u64,
+    /// SGD momentum buffer or AdamW `exp_avg`.
+    first: Option<Buf>,
+    /// AdamW `exp_avg_sq`.
+    second: Option<Buf>,
+}
+
+/// SGD or AdamW over parameters identified by position. One optimiser serves one parameter
+/// set (one module, or one list of tensors); reusing it for another is caught by a shape
+/// check on the next step.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    slots: Vec<Option<Slot>>,
+}
+
+const FORMAT: &str = "coft-optimizer-v1";
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self {
+            config,
+            slots: Vec::new(),
+        }
+    }
+
+    pub fn sgd(config: SgdConfig) -> Self {
+        Self::new(OptimizerConfig::Sgd(config))
+    }
+
+    pub fn adamw(config: AdamWConfig) -> Self {
+        Self::new(OptimizerConfig::AdamW(config))
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Update every float parameter of `module` that has a gradient in `grads` (removing
+    /// it from `grads`, so its buffer can be reused); parameters without one are returned
+    /// as they are. State slot `i` belongs to the `i`-th float parameter in visit order.
+    pub fn step<M: Module>(&mut self, module: M, grads: &mut Gradients, lr: f64) -> M {
+        struct Step<'a> {
+            opt: &'a mut Optimizer,
+            grads: &'a mut Gradients,
+            lr: f64,
+            index: usize,
+        }
+        impl ModuleMapper for Step<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let slot = self.index;
+                self.index += 1;
+                let grad = param.val().grad_remove(self.grads);
+                match grad {
+                    Some(grad) => param.map(|p| self.opt.update(slot, p, grad, self.lr)),
+                    None => param,
+                }
+            }
+        }
+        module.map(&mut Step {
+            opt: self,
+            grads,
+            lr,
+            index: 0,
+        })
+    }
+
+    /// [`step`](Self::step) for free-standing tensors of one rank; slot `i` is `params[i]`.
+    /// Tensors of mixed ranks: put them in a tuple of `Param`s (a tuple is a `Module`) and
+    /// use `step`, or call [`step_tensor`](Self::step_tensor) with explicit slots.
+    pub fn step_tensors<const D: usize>(
+        &mut self,
+        params: &mut [Tensor<D>],
+        grads: &mut Gradients,
+        lr: f64,
+    ) {
+        for (slot, p) in params.iter_mut().enumerate() {
+            if let Some(grad) = p.grad_remove(grads) {
+                *p = self.update(slot, p.clone(), grad, lr);
+            }
+        }
+    }
+
+    /// Update one free-standing tensor held in state slot `slot`; returned unchanged when
+    /// it has no gradient.
+    pub fn step_tensor<const D: usize>(
+        &mut self,
+        slot: usize,
+        param: Tensor<D>,
+        grads: &mut Gradients,
+        lr: f64,
+    ) -> Tensor<D> {
+        match param.grad_remove(grads) {
+            Some(grad) => self.update(slot, param, grad, lr),
+            None => param,
+        }
+    }
+
+    fn update<const D: usize>(
+        &mut self,
+        index: usize,
+        param: Tensor<D>,
+        grad: Tensor<D>,
+        lr: f64,
+    ) -> Tensor<D> {
+        let dims = param.dims();
+        let n: usize = dims.iter().product();
+        let autodiff = param.is_autodiff();
+        let require_grad = param.is_require_grad();
+        let strategy = param.gradient_checkpointing_strategy();
+
+        let p = param.inner().reshape([n]);
+        let g = grad.inner().reshape([n]);
+        let device = p.device();
+        let config = self.config;
+        let slot = self.slot(index, &dims);
+        let p = match config {
+            OptimizerConfig::Sgd(c) => sgd_update(&c, slot, p, g, lr, &device),
+            OptimizerConfig::AdamW(c) => adamw_update(&c, slot, p, g, lr, &device),
+        };
+
+        let mut out = p.reshape(dims);
+        if autodiff {
+            out = out.autodiff();
+            if let Some(s) = strategy {
+                out = out.with_gradient_checkpointing_strategy(s);
+            }
+            if require_grad {
+                out = out.require_grad();
+            }
+        }
+        out
+    }
+
+    fn slot(&mut self, index: usize, dims: &[usize]) -> &mut Slot {
+        if self.slots.len() <= index {
+            self.slots.resize(index + 1, None);
+        }
+        let slot = self.slots[index].get_or_insert_with(|| Slot {
+            shape: dims.to_vec(),
+            step: 0,
+            first: None,
+            second: None,
+        });
+        assert_eq!(
+            slot.shape, dims,
+            "optimizer state #{index} has shape {:?} but the parameter has shape {dims:?}: \
+             this optimizer (or the state loaded into it) belongs to another model",
+            slot.shape
+        );
+        slot
+    }
+
+    /// Check loaded state against a module before training on: every slot with state must
+    /// match the shape of the parameter at its position.
+    pub fn check_module<M: Module>(&self, module: &M) -> Result<(), TrainError> {
+        self.check_shapes(
+            &module_shapes(module)
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn check_shapes(&self, shapes: &[Vec<usize>]) -> Result<(), TrainError> {
+        let mut problems = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            match shapes.get(i) {
+                None => problems.push(format!(
+                    "state #{i} (shape {:?}) but the model has only {} parameters",
+                    slot.shape,
+                    shapes.len()
+                )),
+                Some(s) if s != &slot.shape => problems.push(format!(
+                    "state #{i} has shape {:?}, parameter #{i} has shape {s:?}",
+                    slot.shape
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Mismatch {
+                context: "optimizer state does not fit the model".into(),
+                problems,
+            })
+        }
+    }
+
+    /// The state as named host tensors, PyTorch's names per slot: `state.{i}.momentum_buffer`
+    /// (SGD), `state.{i}.exp_avg`, `state.{i}.exp_avg_sq`, `state.{i}.step` (AdamW; a
+    /// one-element f32 tensor as in PyTorch, exact up to 2^24 steps).
+    pub fn state_tensors(&self) -> Vec<(String, HostData)> {
+        let mut out = Vec::new();
+        let (first, second) = match self.config {
+            OptimizerConfig::Sgd(_) => ("momentum_buffer", None),
+            OptimizerConfig::AdamW(_) => ("exp_avg", Some("exp_avg_sq")),
+        };
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if let Some(b) = &slot.first {
+                out.push((format!("state.{i}.{first}"), b.to_host(&slot.shape)));
+            }
+            if let (Some(name), Some(b)) = (second, &slot.second) {
+                out.push((format!("state.{i}.{name}"), b.to_host(&slot.shape)));
+            }
+            if second.is_some() {
+                out.push((
+                    format!("state.{i}.step"),
+                    HostData::new(vec![1], vec![slot.step as f32]),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Replace the state by `tensors` (as made by [`state_tensors`](Self::state_tensors)).
+    /// The configuration stays this optimiser's own; state of another kind is an error.
+    pub fn load_state_tensors(&mut self, tensors: &NamedTensors) -> Result<(), TrainError> {
+        let adamw = matches!(self.config, OptimizerConfig::AdamW(_));
+        let (first, second) = if adamw {
+            ("exp_avg", Some("exp_avg_sq"))
+        } else {
+            ("momentum_buffer", None)
+        };
+        let mut slots: BTreeMap<usize, Slot> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, t) in tensors {
+            let parsed = name.strip_prefix("state.").and_then(|rest| {
+                let (i, field) = rest.split_once('.')?;
+                Some((i.parse::<usize>().ok()?, field))
+            });
+            let Some((i, field)) = parsed else {
+                problems.push(format!("unexpected tensor {name:?}"));
+                continue;
+            };
+            let slot = slots.entry(i).or_insert_with(|| Slot {
+                shape: Vec::new(),
+                step: 0,
+                first: None,
+                second: None,
+            });
+            let mut set_buf = |which: &mut Option<Buf>, shape: &mut Vec<usize>| {
+                if !shape.is_empty() && shape != &t.shape {
+                    problems.push(format!("state #{i} tensors disagree on shape"));
+                }
+                *shape = t.shape.clone();
+                *which = Some(Buf::Host(t.data.clone()));
+            };
+            if field == first {
+                set_buf(&mut slot.first, &mut slot.shape);
+            } else if Some(field) == second {
+                set_buf(&mut slot.second, &mut slot.shape);
+            } else if adamw && field == "step" && t.data.len() == 1 {
+                slot.step = t.data[0] as u64;
+            } else {
+                problems.push(format!(
+                    "tensor {name:?} is not {} state",
+                    self.config.kind()
+                ));
+            }
+        }
+        for (i, slot) in &slots {
+            if slot.first.is_none() || (adamw && (slot.second.is_none() || slot.step == 0)) {
+                problems.push(format!("state #{i} is incomplete"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TrainError::Mismatch {
+                context: format!("loading {} optimizer state", self.config.kind()),
+                problems,
+            });
+        }
+        let len = slots.keys().next_back().map_or(0, |i| i + 1);
+        self.slots = vec![None; len];
+        for (i, slot) in slots {
+            self.slots[i] = Some(slot);
+        }
+        Ok(())
+    }
+
+    /// Save the state to safetensors, atomically; the header records the kind and
+    /// configuration.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let config = serde_json::to_string(&self.config).expect("config serialises");
+        let meta = BTreeMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("config".to_string(), config),
+        ]);
+        save_tensors_with_metadata(path, &self.state_tensors(), &meta)
+    }
+
+    /// Load state saved by [`save`](Self::save) into this optimiser (whose configuration,
+    /// maybe changed on resume, is kept). Buffers stay on the host until the next step
+    /// puts them on the parameters' device.
+    pub fn load_state(&mut self, path: &Path) -> Result<(), TrainError> {
+        let (tensors, meta) = load_tensors_with_metadata(path)?;
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(TrainError::in_file(path, "not a coft optimizer state file"));
+        }
+        let saved: OptimizerConfig = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .ok_or_else(|| TrainError::in_file(path, "optimizer config unreadable"))?;
+        if saved.kind() != self.config.kind() {
+            return Err(TrainError::in_file(
+                path,
+                format!(
+                    "holds {} state, this optimizer is {}",
+                    saved.kind(),
+                    self.config.kind()
+                ),
+            ));
+        }
+        self.load_state_tensors(&tensors).map_err(|e| match e {
+            TrainError::Mismatch { problems, .. } => TrainError::Mismatch {
+                context: path.display().to_string(),
+                problems,
+            },
+            other => other,
+        })
+    }
+}
+
+fn sgd_update(
+    c: &SgdConfig,
+    slot: &mut Slot,
+    p: Tensor<1>,
+    g: Tensor<1>,
+    lr: f64,
+    device: &Device,
+) -> Tensor<1> {
+    let mut d = g;
+    if c.weight_decay != 0.0 {
+        d = d + p.clone().mul_scalar(c.weight_decay);
+    }
+    if c.momentum != 0.0 {
+        let buf = match slot.first.take() {
+            None => d,
+            Some(b) => b.take(device).mul_scalar(c.momentum) + d,
+        };
+        slot.first = Some(Buf::Device(buf.clone()));
+        d = buf;
+    }
+    p - d.mul_scalar(lr)
+}
+
+fn adamw_update(
+    c: &AdamWConfig,
+    slot: &mut Slot,
+    p: Tensor<1>,
+    g: Tensor<1>,
+    lr: f64,
+    device: &Device,
+) -> Tensor<1> {
+    slot.step += 1;
+    let n = p.dims()[0];
+    let zeros = || Tensor::<1>::zeros([n], device);
+    let p = if c.weight_decay != 0.0 {
+        p.mul_scalar(1.0 - lr * c.weight_decay)
+    } else {
+        p
+    };
+    let m = slot.first.take().map_or_else(zeros, |b| b.take(device));
+    let v = slot.second.take().map_or_else(zeros, |b| b.take(device));
+    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    let v = v.mul_scalar(c.beta2) + g.clone().mul_scalar(1.0 - c.beta2) * g.clone();
+    // exp_avg.lerp_(grad, 1 - beta1), PyTorch's lerp for a weight below 0.5
+    let m = m.clone() + (g - m).mul_scalar(1.0 - c.beta1);
+    let t = slot.step as f64;
+    let bias_correction1 = 1.0 - c.beta1.powf(t);
+    let bias_correction2 = 1.0 - c.beta2.powf(t);
+    let step_size = lr / bias_correction1;
+    let denom = v
+        .clone()
+        .sqrt()
+        .div_scalar(bias_correction2.sqrt())
+        .add_scalar(c.eps);
+    // param.addcdiv_(exp_avg, denom, value=-step_size)
+    let p = p + m.clone().mul_scalar(-step_size) / denom;
+    slot.first = Some(Buf::Device(m));
+    slot.second = Some(Buf::Device(v));
+    p
+}
