@@ -35,10 +35,24 @@ pub fn embed_images(
     model: &Clip,
     paths: Vec<PathBuf>,
     opts: &InferOptions,
+    progress: impl FnMut(usize),
+) -> ImageEmbeddings {
+    embed_images_with(model, paths, opts, progress, |px| {
+        model.encode_image(px, None)
+    })
+}
+
+/// Like [`embed_images`] with any encoder `[B, 3, S, S] -> [B, dim]` (prompted towers,
+/// fine-tuned classifiers' probabilities).
+pub fn embed_images_with(
+    model: &Clip,
+    paths: Vec<PathBuf>,
+    opts: &InferOptions,
     mut progress: impl FnMut(usize),
+    encode: impl Fn(Tensor<4>) -> Tensor<2>,
 ) -> ImageEmbeddings {
     let s = model.config.vision.image_size;
-    let dim = model.config.projection_dim;
+    let mut dim = model.config.projection_dim;
     let cfg = LoaderConfig {
         batch_size: opts.batch_size,
         prefetch: 2,
@@ -64,7 +78,9 @@ pub fn embed_images(
             let b = batch.indices.len();
             let pixels: Tensor<4> =
                 Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), &opts.device);
-            let emb = model.encode_image(pixels, None);
+            let emb = encode(pixels);
+            dim = emb.dims()[1];
+            out.dim = dim;
             out.data.extend(to_vec(emb));
             out.kept.extend(batch.indices);
         }

@@ -3,6 +3,7 @@
 mod bench;
 mod common;
 mod embed;
+mod train;
 mod zero_shot;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,12 @@ enum Command {
     ZeroShot(zero_shot::Args),
     /// Write L2-normalised image or text embeddings to a .npy file.
     Embed(embed::Args),
+    /// Run CoFT on unlabeled images: pseudo-labels, Phase I, Phase II (resumable).
+    Train(train::TrainArgs),
+    /// Predict with a trained run's classifier ensemble.
+    Predict(train::PredictArgs),
+    /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
+    Eval(train::EvalArgs),
     /// Benchmarks beside PyTorch on the same machine (prints tables).
     Bench(bench::Args),
 }
@@ -34,5 +41,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::ZeroShot(a) => zero_shot::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::train(a),
+        Command::Predict(a) => train::predict(a),
+        Command::Eval(a) => train::eval(a),
     }
 }

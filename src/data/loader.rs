@@ -104,3 +104,24 @@ pub fn inference_transform(cfg: PreprocessConfig) -> Arc<Transform> {
         preprocess::to_tensor_chw(&cropped, &cfg, out);
     })
 }
+
+/// The visiting order of `n` samples in `epoch`: a permutation that depends only on
+/// `(seed, epoch)`, so an interrupted run resumes with the same order.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(seed, epoch, 0x0E90C));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Combine a seed with stream identifiers (splitmix64 finaliser): independent, reproducible
+/// random streams for epochs, steps and samples.
+pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

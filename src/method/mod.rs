@@ -1,5 +1,9 @@
 //! The paper, stage by stage (METHOD.md). Only step 0 lives here so far.
 
 pub mod losses;
+pub mod phase1;
+pub mod phase2;
+pub mod pipeline;
+pub mod prompts;
 pub mod pseudo_labels;
 pub mod zero_shot;

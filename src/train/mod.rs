@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod stage;
 
 pub use checkpoint::{
     load_module, load_module_tensors, load_tensors, load_tensors_with_metadata, module_shapes,

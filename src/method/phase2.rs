@@ -1,0 +1,235 @@
+//! Phase II (METHOD.md step 2): collaborative filtering of each model's labels by the other,
+//! then full fine-tuning of a fresh image encoder plus linear head on each clean set, and
+//! prediction by the ensemble of both.
+
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::softmax;
+use burn::tensor::loss::cross_entropy_with_logits;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::phase1::{to_host, LabeledSet, OptimConfig, StageEnv, StageProgress};
+use super::prompts::{class_embeddings, ClassPrompts, PromptLearner};
+use crate::clip::model::l2_normalize;
+use crate::clip::vision::VisionTower;
+use crate::clip::Clip;
+use crate::data::loader::{epoch_order, load_batches, LoaderConfig};
+use crate::infer::ImageEmbeddings;
+use crate::train::stage::StageDir;
+use crate::train::{MetricsWriter, Optimizer, TrainError};
+
+/// How the linear head starts. [decision] METHOD.md: from the positive-prompt class
+/// embeddings times 1/tau, so training starts at the prompt-tuned classifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadInit {
+    Prompts,
+    Random,
+}
+
+/// An image encoder with a linear head over its normalised embedding.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub vision: VisionTower,
+    pub head: Linear,
+}
+
+impl Classifier {
+    /// `head_init`: `[C, D]` class rows (already scaled) or random.
+    pub fn new(vision: VisionTower, classes: Tensor<2>) -> Self {
+        let [c, _d] = classes.dims();
+        let device = classes.device();
+        Self {
+            vision,
+            head: Linear {
+                weight: Param::from_tensor(classes.transpose()),
+                bias: Some(Param::from_tensor(Tensor::zeros([c], &device))),
+            },
+        }
+    }
+
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
+        let v = l2_normalize(self.vision.forward(pixels, None));
+        self.head.forward(v)
+    }
+
+    /// Freeze the stem (patch and position embeddings, first LayerNorm), as DeFT does.
+    pub fn freeze_stem(mut self) -> Self {
+        self.vision.patch_embed = self.vision.patch_embed.set_require_grad(false);
+        self.vision.position_embedding = self.vision.position_embedding.set_require_grad(false);
+        self.vision.class_embedding = self.vision.class_embedding.set_require_grad(false);
+        self.vision.ln_pre = self.vision.ln_pre.no_grad();
+        self
+    }
+}
+
+/// One Phase I model's view of all of U: its labels and its positive/negative similarities.
+pub struct ModelView {
+    pub labels: Vec<usize>,
+    pub confidence: Vec<f32>,
+    pub s_pos: Vec<f32>,
+    pub s_neg: Vec<f32>,
+}
+
+/// Run a Phase I model over embeddings computed with its own visual prompts.
+pub fn model_view(
+    clip: &Clip,
+    prompts: &ClassPrompts,
+    learner: &PromptLearner,
+    emb: &ImageEmbeddings,
+    device: &Device,
+) -> ModelView {
+    let c = prompts.batch.ids.len();
+    let (t_pos, t_neg) = class_embeddings(clip, prompts, learner);
+    let (t_pos, t_neg) = (t_pos.inner(), t_neg.inner());
+    let n = emb.kept.len();
+    let v: Tensor<2> = Tensor::from_data(TensorData::new(emb.data.clone(), [n, emb.dim]), device);
+    let s_pos = to_host(v.clone().matmul(t_pos.transpose()));
+    let s_neg = to_host(v.matmul(t_neg.transpose()));
+    let scale = clip.logit_scale_exp();
+    let mut labels = Vec::with_capacity(n);
+    let mut confidence = Vec::with_capacity(n);
+    for row in s_pos.chunks(c) {
+        // softmax confidence of the argmax class
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = row.iter().map(|&x| ((x - m) * scale).exp()).sum();
+        let (best, _) =
+            row.iter().enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            );
+        labels.push(best);
+        confidence.push(1.0 / z);
+    }
+    ModelView {
+        labels,
+        confidence,
+        s_pos,
+        s_neg,
+    }
+}
+
+/// Embeddings of `paths` with a learner's visual prompts (no gradients).
+pub fn embed_with_prompts(
+    clip: &Clip,
+    learner: &PromptLearner,
+    paths: Vec<std::path::PathBuf>,
+    opts: &crate::infer::InferOptions,
+    progress: impl FnMut(usize),
+) -> ImageEmbeddings {
+    let vpt = learner.vpt.as_ref().map(|p| p.val().inner());
+    crate::infer::embed_images_with(clip, paths, opts, progress, |px| {
+        clip.encode_image(px, vpt.as_ref())
+    })
+}
+
+/// Fine-tune a classifier on a clean set (resumable per epoch).
+pub fn full_finetune(
+    model: Classifier,
+    data: &LabeledSet,
+    optim: &OptimConfig,
+    seed: u64,
+    stage: &StageDir,
+    env: &mut StageEnv<'_>,
+) -> Result<Classifier, TrainError> {
+    let n = data.paths.len();
+    let bs = optim.batch_size.max(1);
+    let steps_per_epoch = n.div_ceil(bs).max(1);
+    let schedule = optim.schedule(steps_per_epoch);
+    let mut opt = Optimizer::new(optim.optimizer);
+    let (mut model, done) = stage.restore(model, &mut opt)?;
+    let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
+    let s = model.vision.config.image_size;
+    for epoch in done..optim.epochs {
+        let order = epoch_order(n, seed, epoch as u64);
+        let paths: Vec<_> = order.iter().map(|&i| data.paths[i].clone()).collect();
+        let cfg = LoaderConfig {
+            batch_size: bs,
+            prefetch: 2,
+            image_size: s,
+            limits: env.limits,
+        };
+        let (rx, handle) = load_batches(Arc::new(paths), cfg, (env.transform)(epoch as u64));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for (step_in_epoch, batch) in rx.into_iter().enumerate() {
+            let b = batch.indices.len();
+            if b == 0 {
+                continue;
+            }
+            let labels: Vec<i64> = batch
+                .indices
+                .iter()
+                .map(|&j| data.labels[order[j]] as i64)
+                .collect();
+            let pixels: Tensor<4> =
+                Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
+            let logits = model.forward(pixels);
+            let c = logits.dims()[1];
+            let pred =
+                crate::method::pseudo_labels::argmax_rows(&to_host(logits.clone().inner()), c);
+            correct += pred
+                .iter()
+                .zip(&labels)
+                .filter(|((p, _), y)| *p as i64 == **y)
+                .count();
+            seen += b;
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), env.device);
+            let onehot = targets.one_hot(c).float();
+            let loss = cross_entropy_with_logits(logits, onehot);
+            let lv = f64::from(to_host(loss.clone().inner())[0]);
+            loss_sum += lv * b as f64;
+            let mut grads = loss.backward();
+            let step = epoch * steps_per_epoch + step_in_epoch;
+            model = opt.step(model, &mut grads, schedule.lr(step));
+            (env.progress)(StageProgress {
+                epoch,
+                epochs: optim.epochs,
+                step_in_epoch: step_in_epoch + 1,
+                steps_per_epoch,
+                loss: lv,
+                epoch_summary: None,
+            });
+        }
+        let _ = handle.join();
+        let seen_f = seen.max(1) as f64;
+        let (mean_loss, acc) = (loss_sum / seen_f, correct as f64 / seen_f);
+        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &opt)?;
+        metrics.write(&serde_json::json!({
+            "stage": "phase2", "epoch": epoch + 1, "loss": mean_loss, "train_acc": acc,
+            "lr": schedule.lr((epoch + 1) * steps_per_epoch - 1), "images": seen,
+        }))?;
+        (env.progress)(StageProgress {
+            epoch,
+            epochs: optim.epochs,
+            step_in_epoch: steps_per_epoch,
+            steps_per_epoch,
+            loss: mean_loss,
+            epoch_summary: Some((mean_loss, acc)),
+        });
+    }
+    stage.mark_done()?;
+    Ok(model)
+}
+
+/// Softmax probabilities `[B, C]` of a classifier (no gradients).
+pub fn classifier_probs(model: &Classifier, pixels: Tensor<4>) -> Tensor<2> {
+    softmax(model.forward(pixels), 1)
+}
+
+/// The filtering rule between two models' views: the labeller's label is clean iff the
+/// validator's positive prompt beats its negative prompt on it.
+pub fn collaborative_filter_views(
+    labeller: &ModelView,
+    validator: &ModelView,
+    c: usize,
+) -> Vec<bool> {
+    crate::method::pseudo_labels::collaborative_filter(
+        &labeller.labels,
+        &validator.s_pos,
+        &validator.s_neg,
+        c,
+    )
+}

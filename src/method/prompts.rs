@@ -1,0 +1,148 @@
+//! Phase I's tunable parameters (METHOD.md step 1): positive and negative text contexts
+//! (CoOp) and visual prompt tokens (VPT), around a frozen CLIP.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::clip::model::l2_normalize;
+use crate::clip::text::TokenBatch;
+use crate::clip::tokenizer::Tokenizer;
+use crate::clip::weights::normal;
+use crate::clip::Clip;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Context tokens M of each text prompt.
+    pub n_ctx: usize,
+    /// One context per class instead of one shared by all classes.
+    pub class_specific: bool,
+    /// Visual prompt tokens N per layer (0 disables VPT).
+    pub vpt_tokens: usize,
+    /// Deep VPT (new tokens at every layer) rather than shallow (first layer only).
+    pub vpt_deep: bool,
+    /// Standard deviation of the N(0, std) initialisation of contexts and visual prompts.
+    pub init_std: f32,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            n_ctx: 16,
+            class_specific: false,
+            vpt_tokens: 20,
+            vpt_deep: true,
+            init_std: 0.02,
+        }
+    }
+}
+
+/// The tunable tensors of one Phase I model: contexts `[1 or C, M, width]` and visual
+/// prompts `[1 or layers, N, width]`.
+#[derive(Module, Debug)]
+pub struct PromptLearner {
+    pub ctx_pos: Param<Tensor<3>>,
+    pub ctx_neg: Param<Tensor<3>>,
+    pub vpt: Option<Param<Tensor<3>>>,
+}
+
+impl PromptLearner {
+    /// Fresh parameters from `seed` (METHOD.md: N(0, 0.02)).
+    pub fn init(
+        clip: &Clip,
+        num_classes: usize,
+        cfg: &PromptConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut make = |shape: [usize; 3]| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| normal(&mut rng) * cfg.init_std).collect();
+            Param::from_tensor(
+                Tensor::from_data(TensorData::new(data, shape), device).require_grad(),
+            )
+        };
+        let groups = if cfg.class_specific { num_classes } else { 1 };
+        let tw = clip.config.text.hidden_size;
+        let ctx_pos = make([groups, cfg.n_ctx, tw]);
+        let ctx_neg = make([groups, cfg.n_ctx, tw]);
+        let vpt = (cfg.vpt_tokens > 0).then(|| {
+            let depth = if cfg.vpt_deep {
+                clip.config.vision.num_layers
+            } else {
+                1
+            };
+            make([depth, cfg.vpt_tokens, clip.config.vision.hidden_size])
+        });
+        Self {
+            ctx_pos,
+            ctx_neg,
+            vpt,
+        }
+    }
+}
+
+/// The placeholder prompts "X X .. X {class}." of every class, tokenised once.
+#[derive(Clone, Debug)]
+pub struct ClassPrompts {
+    pub batch: TokenBatch,
+    /// The same prompts twice (positive then negative), for one batched text pass.
+    pub doubled: TokenBatch,
+    pub n_ctx: usize,
+}
+
+impl ClassPrompts {
+    pub fn new(
+        tokenizer: &Tokenizer,
+        classes: &[String],
+        n_ctx: usize,
+        context_length: usize,
+    ) -> Self {
+        let prefix = vec!["X"; n_ctx].join(" ");
+        let ids: Vec<Vec<u32>> = classes
+            .iter()
+            .map(|c| {
+                tokenizer.tokenize(
+                    &format!("{prefix} {}.", c.replace('_', " ")),
+                    context_length,
+                )
+            })
+            .collect();
+        let doubled: Vec<Vec<u32>> = ids.iter().chain(ids.iter()).cloned().collect();
+        Self {
+            batch: TokenBatch::new(&ids),
+            doubled: TokenBatch::new(&doubled),
+            n_ctx,
+        }
+    }
+}
+
+/// Normalised positive and negative class embeddings `([C, D], [C, D])` from one pass of the
+/// frozen text tower over all 2C prompts.
+pub fn class_embeddings(
+    clip: &Clip,
+    prompts: &ClassPrompts,
+    learner: &PromptLearner,
+) -> (Tensor<2>, Tensor<2>) {
+    let c = prompts.batch.ids.len();
+    let pos = learner.ctx_pos.val();
+    let neg = learner.ctx_neg.val();
+    let [g, m, d] = pos.dims();
+    let (pos, neg) = if g == 1 {
+        (pos.expand([c, m, d]), neg.expand([c, m, d]))
+    } else {
+        (pos, neg)
+    };
+    let ctx = Tensor::cat(vec![pos, neg], 0);
+    let t = l2_normalize(clip.text.forward_with_context(&prompts.doubled, ctx, 1));
+    (t.clone().narrow(0, 0, c), t.narrow(0, c, c))
+}
+
+/// Normalised image embeddings with this learner's visual prompts.
+pub fn image_embeddings(clip: &Clip, learner: &PromptLearner, pixels: Tensor<4>) -> Tensor<2> {
+    let vpt = learner.vpt.as_ref().map(|p| p.val());
+    clip.encode_image(pixels, vpt.as_ref())
+}
