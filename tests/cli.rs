@@ -244,3 +244,42 @@ fn embed_writes_npy_and_row_labels() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
 }
+
+#[test]
+fn hub_ids_resolve_from_the_standard_cache_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir
+        .path()
+        .join("hub/models--someone--tiny-clip/snapshots/0123abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(dir.path().join("hub/models--someone--tiny-clip/refs")).unwrap();
+    std::fs::write(
+        dir.path().join("hub/models--someone--tiny-clip/refs/main"),
+        "0123abc",
+    )
+    .unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("hf").join(f), snap.join(f)).unwrap();
+    }
+    let out = dir.path().join("e.npy");
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_coft"))
+            .args(["embed", "--model", model, "--texts"])
+            .arg(fixtures().join("classes.txt"))
+            .arg("--out")
+            .arg(&out)
+            .env("HF_HOME", dir.path())
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run("someone/tiny-clip");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run("someone/not-there");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("someone/not-there") && stderr.contains("cache"),
+        "{stderr}"
+    );
+}

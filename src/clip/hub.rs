@@ -14,9 +14,26 @@ pub fn fetch(model: &str) -> Result<(Option<PathBuf>, PathBuf), ClipError> {
     if let Some(found) = cached(model) {
         return Ok(found);
     }
-    Err(err(
-        "not in the local Hugging Face cache and downloading is not available in this build".into(),
-    ))
+    if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0") {
+        return Err(err(
+            "not in the local Hugging Face cache and HF_HUB_OFFLINE is set".into(),
+        ));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .build()
+        .map_err(|e| err(format!("cannot reach the Hugging Face hub: {e}")))?;
+    let repo = api.model(model.to_string());
+    let weights = repo.get("model.safetensors").map_err(|e| {
+        err(format!(
+            "not in the local cache ({}) and the download failed: {e}",
+            hub_cache_dir().map_or("?".into(), |p| p.display().to_string())
+        ))
+    })?;
+    let config = repo
+        .get("config.json")
+        .map_err(|e| err(format!("downloading config.json failed: {e}")))?;
+    Ok((Some(config), weights))
 }
 
 /// Look for a snapshot in the standard cache layout
