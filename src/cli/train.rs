@@ -98,9 +98,16 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     for s in &a.sets {
         set_key(&mut table, s)?;
     }
-    let cfg: TrainConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("config: {}", e.message()))?;
+    // Through text, so a type error points at the offending key's line.
+    let text = toml::to_string(&table)?;
+    let cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
+        let msg = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        anyhow::anyhow!("config: {msg}")
+    })?;
     cfg.validate().context("config")?;
     Ok(cfg)
 }

@@ -96,6 +96,7 @@ impl StageDir {
             let _ = std::fs::remove_file(self.model_path(old));
             let _ = std::fs::remove_file(self.optim_path(old));
         }
+        crash_point();
         Ok(())
     }
 
@@ -111,5 +112,22 @@ impl StageDir {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Test hook: `COFT_ABORT_AFTER_CHECKPOINTS=n` aborts the process (like `kill -9`: no
+/// unwinding, no cleanup) right after the n-th epoch checkpoint of this process, so tests
+/// can interrupt a run at a chosen point and check that `--resume` finishes it identically.
+fn crash_point() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SAVED: AtomicUsize = AtomicUsize::new(0);
+    let Some(limit) = std::env::var("COFT_ABORT_AFTER_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if SAVED.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
+        std::process::abort();
     }
 }
