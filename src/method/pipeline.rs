@@ -66,6 +66,9 @@ pub struct TrainConfig {
     pub infer_batch_size: usize,
     /// Lower bound of the random-resized-crop area in training augmentation.
     pub crop_scale_min: f32,
+    /// Recompute memory-bound activations in backward (burn's balanced checkpointing):
+    /// about 20% less peak memory in Phase I, about 45% less in Phase II, at some speed cost.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +90,7 @@ impl Default for TrainConfig {
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
+            gradient_checkpointing: false,
         }
     }
 }
