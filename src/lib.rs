@@ -7,5 +7,6 @@ pub mod clip;
 pub mod data;
 pub mod infer;
 pub mod method;
+pub mod pretrain;
 pub mod train;
 pub mod util;

@@ -22,9 +22,16 @@ pub struct Args {
 enum What {
     /// Image-embedding throughput (inference) at ViT-B/32 and ViT-B/16 shapes, random weights.
     Embed(EmbedArgs),
+    /// Decode + CLIP preprocessing (224) throughput on Caltech101's train images.
+    Decode(DecodeArgs),
+    /// Phase I and Phase II training steps at ViT shapes: step time, images/s, peak memory.
+    Train(super::bench_train::TrainBenchArgs),
     /// Internal: one measurement in this process, printed as JSON.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Internal: one decode measurement in this process, printed as JSON.
+    #[command(hide = true)]
+    DecodeWorker(DecodeWorkerArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -41,6 +48,51 @@ struct EmbedArgs {
     /// Timed seconds per configuration (after warm-up).
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
+}
+
+#[derive(ClapArgs, Debug)]
+struct DecodeArgs {
+    /// Python with torch + torchvision + Pillow for the reference column (omit to skip it).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Decoding threads for coft, DataLoader workers for PyTorch.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The first N train images (default: all 4,128).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed passes over the images, after one warm-up pass; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    passes: usize,
+    /// Also measure the training augmentations (random resized crop + flip; MoCo v2) beside
+    /// their torchvision equivalents.
+    #[arg(long)]
+    augment: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+struct DecodeWorkerArgs {
+    /// File with one image path per line.
+    #[arg(long)]
+    list: PathBuf,
+    #[arg(long)]
+    batch: usize,
+    #[arg(long)]
+    passes: usize,
+    /// What each image becomes: the loader's `inference_transform` (what the pipeline uses),
+    /// `preprocess_into` (fused resize + crop), or a training augmentation.
+    #[arg(long, value_enum, default_value_t = DecodeTransform::Inference)]
+    transform: DecodeTransform,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DecodeTransform {
+    Inference,
+    Fused,
+    Train,
+    Moco,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -63,7 +115,10 @@ struct Measured {
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.what {
         What::Embed(e) => embed(e),
+        What::Decode(d) => decode(d),
+        What::Train(t) => super::bench_train::run(t),
         What::Worker(w) => worker(w),
+        What::DecodeWorker(w) => decode_worker(w),
     }
 }
 
@@ -183,4 +238,150 @@ pub fn peak_rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Decode + preprocess throughput, coft's loader beside a torch `DataLoader` over the same
+/// files (page cache warmed first, so both read from memory).
+fn decode(a: DecodeArgs) -> anyhow::Result<()> {
+    if a.threads == 0 || a.batch == 0 || a.passes == 0 {
+        bail!("--threads, --batch and --passes must be at least 1");
+    }
+    let root = coft::data::shared::unpack_cached("caltech-101")
+        .context("the benchmark reads Caltech101 from the shared data")?;
+    let spec: coft::data::source::DataSpec =
+        format!("caltech101:{}?split=train", root.display()).parse()?;
+    let ds = spec.load()?;
+    let mut paths: Vec<PathBuf> = ds.samples.iter().map(|s| s.path.clone()).collect();
+    if let Some(n) = a.limit {
+        paths.truncate(n.max(1));
+    }
+    for p in &paths {
+        if p.to_str().is_none_or(|s| s.contains('\n')) {
+            bail!("{}: path not usable in a list file", p.display());
+        }
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    }
+    let list = std::env::temp_dir().join(format!("coft-bench-decode-{}.txt", std::process::id()));
+    let text: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    std::fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+    let result = decode_rows(&a, &list, paths.len());
+    let _ = std::fs::remove_file(&list);
+    result
+}
+
+fn decode_rows(a: &DecodeArgs, list: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the coft binary")?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/bench_decode_torch.py");
+    let list_s = list.display().to_string();
+    let (batch, passes) = (a.batch.to_string(), a.passes.to_string());
+    let mut rows = vec![(
+        "inference",
+        "resize 224 + centre crop (load_batches + inference_transform)",
+    )];
+    if a.augment {
+        rows.push(("train", "random resized crop 0.5-1 + flip (train_default)"));
+        rows.push(("moco", "MoCo v2 augmentation (moco_v2)"));
+    }
+    println!(
+        "decode + preprocess to 224, Caltech101 train, {n} images, batch {}, {} threads (coft) / \
+         DataLoader workers (PyTorch), median of {} passes",
+        a.batch, a.threads, a.passes
+    );
+    println!(
+        "| transform | coft img/s | coft peak MiB | PyTorch img/s | ratio |\n|---|---|---|---|---|"
+    );
+    for (key, what) in rows {
+        let ours: Measured = child(
+            Command::new(&exe)
+                .args(["bench", "decode-worker", "--list", &list_s])
+                .args(["--batch", &batch, "--passes", &passes, "--transform", key])
+                .env("RAYON_NUM_THREADS", a.threads.to_string()),
+        )?;
+        let theirs: Option<Measured> = match &a.python {
+            Some(py) => Some(child(
+                Command::new(py)
+                    .arg(&script)
+                    .args(["--list", &list_s, "--workers", &a.threads.to_string()])
+                    .args(["--batch", &batch, "--passes", &passes, "--transform", key]),
+            )?),
+            None => None,
+        };
+        match theirs {
+            Some(t) => println!(
+                "| {what} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+                ours.img_per_s,
+                ours.peak_rss_mib,
+                t.img_per_s,
+                ours.img_per_s / t.img_per_s
+            ),
+            None => println!(
+                "| {what} | {:.0} | {:.0} | - | - |",
+                ours.img_per_s, ours.peak_rss_mib
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn decode_worker(a: DecodeWorkerArgs) -> anyhow::Result<()> {
+    use coft::clip::preprocess::{self, PreprocessConfig};
+    use coft::data::augment;
+    use coft::data::loader::{inference_transform, load_batches, LoaderConfig, Transform};
+    use std::sync::Arc;
+
+    let text = std::fs::read_to_string(&a.list)
+        .with_context(|| format!("reading {}", a.list.display()))?;
+    let paths: Arc<Vec<PathBuf>> = Arc::new(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+    );
+    let cfg = PreprocessConfig::clip(224);
+    let transform: Arc<Transform> = match a.transform {
+        DecodeTransform::Inference => inference_transform(cfg),
+        DecodeTransform::Fused => Arc::new(move |_, img: &image::RgbImage, out: &mut [f32]| {
+            preprocess::preprocess_into(img, &cfg, out)
+        }),
+        DecodeTransform::Train => augment::transform(augment::train_default(224), 0, 0, 0),
+        DecodeTransform::Moco => augment::transform(augment::moco_v2(224), 0, 0, 0),
+    };
+    let mut times = Vec::new();
+    for pass in 0..=a.passes {
+        let start = Instant::now();
+        let loader = LoaderConfig {
+            batch_size: a.batch,
+            prefetch: 2,
+            image_size: 224,
+            limits: Default::default(),
+        };
+        let (rx, handle) = load_batches(paths.clone(), loader, transform.clone());
+        let mut done = 0;
+        for b in rx {
+            if !b.skipped.is_empty() {
+                bail!(
+                    "{} could not be decoded: {}",
+                    b.skipped.len(),
+                    b.skipped[0].reason
+                );
+            }
+            done += b.indices.len();
+        }
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the loader thread panicked"))?;
+        if done != paths.len() {
+            bail!("loaded {done} of {} images", paths.len());
+        }
+        if pass > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let med = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({"img_per_s": paths.len() as f64 / med, "peak_rss_mib": peak_rss_mib(), "iters": times.len()})
+    );
+    Ok(())
 }

@@ -1,8 +1,11 @@
 //! One file per subcommand: flags -> a config -> a library call.
 
 mod bench;
+mod bench_train;
 mod common;
+mod data;
 mod embed;
+mod pretrain;
 mod train;
 mod zero_shot;
 
@@ -31,6 +34,10 @@ enum Command {
     Predict(train::PredictArgs),
     /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
     Eval(train::EvalArgs),
+    /// Check a data spec: classes, counts per split, unreadable images.
+    Data(data::Args),
+    /// Pre-train a small CLIP from scratch on image-caption pairs (contrastive loss).
+    Pretrain(Box<pretrain::Args>),
     /// Benchmarks beside PyTorch on the same machine (prints tables).
     Bench(bench::Args),
 }
@@ -40,6 +47,8 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::ZeroShot(a) => zero_shot::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Data(a) => data::run(a),
+        Command::Pretrain(a) => pretrain::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::train(a),
         Command::Predict(a) => train::predict(a),

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args as ClapArgs;
-use coft::clip::preprocess::PreprocessConfig;
 use coft::data::decode::DecodeLimits;
-use coft::data::loader::{inference_transform, Transform};
+use coft::data::loader::Transform;
 use coft::infer::{embed_images_with, to_vec, InferOptions};
 use coft::method::phase2::classifier_probs;
 use coft::method::pipeline::{self, Hooks, TrainConfig};
@@ -123,9 +122,12 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Training augmentation: random resized crop + flip (METHOD.md), seeded per sample.
-fn augmenter(image_size: usize) -> impl Fn(u64, u64) -> Arc<Transform> {
-    move |_seed, _epoch| inference_transform(PreprocessConfig::clip(image_size as u32))
+/// Training augmentation: random resized crop (scale `min_scale`-1) + flip (METHOD.md),
+/// seeded per (seed, epoch, sample) so resumed runs see the same images.
+fn augmenter(image_size: usize, min_scale: f32) -> anyhow::Result<impl Fn(u64, u64) -> Arc<Transform>> {
+    let pipeline = coft::data::augment::crop_flip(image_size as u32, min_scale)
+        .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
+    Ok(move |seed, epoch| coft::data::augment::transform(pipeline.clone(), seed, epoch, 0))
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
@@ -152,7 +154,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         }
     };
     let image_size = probe_image_size(&cfg.model, &device)?;
-    let augment = augmenter(image_size);
+    let augment = augmenter(image_size, cfg.crop_scale_min)?;
     let bar: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
     let mut on_stage = |name: &str, total: usize| {
         if let Some(p) = bar.borrow_mut().take() {
@@ -181,7 +183,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     };
     let mut hooks = Hooks {
         device: device.clone(),
-        train_device: device.clone().autodiff(),
+        train_device: if cfg.gradient_checkpointing {
+            device.clone().autodiff().gradient_checkpointing()
+        } else {
+            device.clone().autodiff()
+        },
         augment: &augment,
         on_stage: &mut on_stage,
         on_progress: &mut on_progress,
@@ -213,6 +219,10 @@ pub struct PredictArgs {
     opts: RunOpts,
 }
 
+/// Class names, the indices of the images that could be read, and each classifier's
+/// probabilities over them (row-major `[kept, C]`).
+type RunProbs = (Vec<String>, Vec<usize>, Vec<Vec<f32>>);
+
 /// Ensemble probabilities (mean of F1's and F2's softmax) for `paths`, plus each model's.
 fn ensemble_probs(
     run: &Path,
@@ -220,7 +230,7 @@ fn ensemble_probs(
     batch_size: usize,
     device: &Device,
     label: &str,
-) -> anyhow::Result<(Vec<String>, Vec<usize>, Vec<Vec<f32>>)> {
+) -> anyhow::Result<RunProbs> {
     let (cfg, classes, models) = pipeline::load_classifiers(run, device)?;
     let (clip, _) = coft::clip::weights::load_model(&cfg.model, device)?;
     let opts = InferOptions {
@@ -334,7 +344,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     );
     let ids: Vec<Vec<Vec<u32>>> = prompts
         .iter()
-        .map(|p| p.iter().map(|s| tokenizer.tokenize(s, 77)).collect())
+        .map(|p| p.iter().map(|s| tokenizer.tokenize(s, clip.config.text.context_length)).collect())
         .collect();
     let t = coft::method::zero_shot::class_embeddings(&clip, &ids, 64);
     let opts = InferOptions {

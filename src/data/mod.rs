@@ -1,5 +1,6 @@
 //! Images in, tensors out. Knows nothing of CLIP internals.
 
+pub mod augment;
 pub mod benchmarks;
 pub mod decode;
 pub mod loader;
