@@ -10,7 +10,9 @@ use clap::Args as ClapArgs;
 use coft::clip::tokenizer::Tokenizer;
 use coft::method::losses::{draw_complement, l1, l2, similarities};
 use coft::method::phase2::Classifier;
-use coft::method::prompts::{class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner};
+use coft::method::prompts::{
+    class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
+};
 use coft::train::{Optimizer, OptimizerConfig, SgdConfig};
 use rand::SeedableRng;
 
@@ -45,22 +47,51 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
         a.shape, a.batch, a.classes, a.threads, a.steps
     );
     println!("| step | s/step | img/s | peak MiB |\n|---|---|---|---|");
-    for (phase, name) in [(1u8, "Phase I (2C text prompts, deep VPT 20, M=16)"), (2, "Phase II (full fine-tune + head, SGD)")] {
+    for (phase, name) in [
+        (1u8, "Phase I (2C text prompts, deep VPT 20, M=16)"),
+        (2, "Phase II (full fine-tune + head, SGD)"),
+    ] {
         let out = Command::new(&exe)
-            .args(["bench", "train", "--shape", &a.shape, "--batch", &a.batch.to_string()])
-            .args(["--classes", &a.classes.to_string(), "--steps", &a.steps.to_string()])
+            .args([
+                "bench",
+                "train",
+                "--shape",
+                &a.shape,
+                "--batch",
+                &a.batch.to_string(),
+            ])
+            .args([
+                "--classes",
+                &a.classes.to_string(),
+                "--steps",
+                &a.steps.to_string(),
+            ])
             .args(["--worker", &phase.to_string()])
             .env("RAYON_NUM_THREADS", a.threads.to_string())
             .output()
             .context("running the benchmark worker")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("{}");
         let v: serde_json::Value = serde_json::from_str(line)?;
         if !out.status.success() {
-            anyhow::bail!("{name}: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+            anyhow::bail!(
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
         }
         let s = v["step_s"].as_f64().unwrap_or(f64::NAN);
-        println!("| {name} | {s:.2} | {:.2} | {:.0} |", a.batch as f64 / s, v["peak_rss_mib"].as_f64().unwrap_or(0.0));
+        println!(
+            "| {name} | {s:.2} | {:.2} | {:.0} |",
+            a.batch as f64 / s,
+            v["peak_rss_mib"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }
@@ -78,7 +109,10 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
         .image_size;
     let c = a.classes;
     let labels: Vec<usize> = (0..a.batch).map(|i| i % c).collect();
-    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, weight_decay: 5e-4 }));
+    let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    }));
     let mut times = Vec::new();
     match phase {
         1 => {
@@ -86,17 +120,22 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
             let tok = Tokenizer::new()?;
             let names: Vec<String> = (0..c).map(|i| format!("object number {i}")).collect();
             let cfg = PromptConfig::default();
-            let prompts = ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length);
+            let prompts =
+                ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length);
             let mut learner = PromptLearner::init(&clip, c, &cfg, 1, &ad);
             let scale = clip.logit_scale_exp();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             for i in 0..=a.steps {
-                let x: Tensor<4> = Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+                let x: Tensor<4> =
+                    Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
                 let t = Instant::now();
                 let v = image_embeddings(&clip, &learner, x);
                 let (tp, tn) = class_embeddings(&clip, &prompts, &learner);
                 let (sp, sn) = (similarities(v.clone(), tp), similarities(v, tn));
-                let comp: Vec<usize> = labels.iter().map(|&y| draw_complement(y, c, &mut rng)).collect();
+                let comp: Vec<usize> = labels
+                    .iter()
+                    .map(|&y| draw_complement(y, c, &mut rng))
+                    .collect();
                 let loss = l1(sp.clone(), &labels, scale) + l2(sp, sn, &labels, &comp, scale);
                 let mut grads = loss.backward();
                 learner = opt.step(learner, &mut grads, 0.01);
@@ -109,16 +148,34 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
         _ => {
             let clip = common::load_model(&format!("random:{}", a.shape), &ad)?;
             let d = clip.config.projection_dim;
-            let mut model = Classifier::new(clip.vision, Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad));
+            let mut model = Classifier::new(
+                clip.vision,
+                Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad),
+            );
             for i in 0..=a.steps {
-                let x: Tensor<4> = Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+                let x: Tensor<4> =
+                    Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
                 let t = Instant::now();
                 let logits = model.forward(x);
-                let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [a.batch]), &device);
-                let loss = burn::tensor::loss::cross_entropy_with_logits(logits, y.one_hot(c).float());
+                let y = Tensor::<1, Int>::from_data(
+                    TensorData::new(
+                        labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                        [a.batch],
+                    ),
+                    &device,
+                );
+                let loss =
+                    burn::tensor::loss::cross_entropy_with_logits(logits, y.one_hot(c).float());
                 let mut grads = loss.backward();
                 model = opt.step(model, &mut grads, 1e-4);
-                let _ = coft::infer::to_vec(model.head.bias.as_ref().map(|b| b.val().inner()).unwrap_or_else(|| Tensor::zeros([1], &device)));
+                let _ = coft::infer::to_vec(
+                    model
+                        .head
+                        .bias
+                        .as_ref()
+                        .map(|b| b.val().inner())
+                        .unwrap_or_else(|| Tensor::zeros([1], &device)),
+                );
                 if i > 0 {
                     times.push(t.elapsed().as_secs_f64());
                 }

@@ -124,7 +124,10 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// Training augmentation: random resized crop (scale `min_scale`-1) + flip (METHOD.md),
 /// seeded per (seed, epoch, sample) so resumed runs see the same images.
-fn augmenter(image_size: usize, min_scale: f32) -> anyhow::Result<impl Fn(u64, u64) -> Arc<Transform>> {
+fn augmenter(
+    image_size: usize,
+    min_scale: f32,
+) -> anyhow::Result<impl Fn(u64, u64) -> Arc<Transform>> {
     let pipeline = coft::data::augment::crop_flip(image_size as u32, min_scale)
         .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
     Ok(move |seed, epoch| coft::data::augment::transform(pipeline.clone(), seed, epoch, 0))
@@ -344,7 +347,11 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     );
     let ids: Vec<Vec<Vec<u32>>> = prompts
         .iter()
-        .map(|p| p.iter().map(|s| tokenizer.tokenize(s, clip.config.text.context_length)).collect())
+        .map(|p| {
+            p.iter()
+                .map(|s| tokenizer.tokenize(s, clip.config.text.context_length))
+                .collect()
+        })
         .collect();
     let t = coft::method::zero_shot::class_embeddings(&clip, &ids, 64);
     let opts = InferOptions {
