@@ -3,58 +3,10 @@
 //! domain (colours faded towards grey, more noise) using only unlabeled images; its accuracy
 //! on held-out shifted images must rise clearly above its zero-shot accuracy there.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-
-use rand::{RngExt, SeedableRng};
-
-const COLOURS: [(&str, [u8; 3]); 4] = [
-    ("red", [220, 30, 30]),
-    ("green", [30, 200, 40]),
-    ("blue", [30, 50, 220]),
-    ("yellow", [230, 220, 30]),
-];
-
-/// Class folders of 16x16 PNGs. `fade` blends the shape's colour towards grey and `noise`
-/// is the per-pixel noise amplitude: the domain shift.
-fn synthetic(dir: &Path, per_class: usize, seed: u64, fade: f32, noise: i32) -> PathBuf {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (name, rgb) in COLOURS {
-        let class_dir = dir.join(name);
-        std::fs::create_dir_all(&class_dir).unwrap();
-        for i in 0..per_class {
-            let size: i32 = rng.random_range(6..11);
-            let (cx, cy): (i32, i32) = (rng.random_range(3..13), rng.random_range(3..13));
-            let disc = rng.random_bool(0.5);
-            let jitter: [i32; 3] = [
-                rng.random_range(-25..26),
-                rng.random_range(-25..26),
-                rng.random_range(-25..26),
-            ];
-            let mut img = image::RgbImage::new(16, 16);
-            for (x, y, px) in img.enumerate_pixels_mut() {
-                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
-                let inside = if disc {
-                    4 * (dx * dx + dy * dy) <= size * size
-                } else {
-                    2 * dx.abs() <= size && 2 * dy.abs() <= size
-                };
-                let grey: i32 = rng.random_range(70..170);
-                for c in 0..3 {
-                    let v = if inside {
-                        let base = (f32::from(rgb[c]) * (1.0 - fade) + 128.0 * fade) as i32;
-                        base + jitter[c] + rng.random_range(-noise..=noise)
-                    } else {
-                        grey + rng.random_range(-noise..=noise)
-                    };
-                    px[c] = v.clamp(0, 255) as u8;
-                }
-            }
-            img.save(class_dir.join(format!("{i:03}.png"))).unwrap();
-        }
-    }
-    dir.to_path_buf()
-}
 
 fn coft(args: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_coft"))
@@ -85,10 +37,10 @@ fn accuracy(table: &str, row: &str) -> f64 {
 fn coft_beats_zero_shot_on_a_shifted_domain() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let pre = synthetic(&t.join("pre"), 30, 1, 0.0, 20);
+    let pre = common::synthetic_shapes(&t.join("pre"), 30, 1, 0.0, 20);
     let shift = (0.7, 45);
-    let u = synthetic(&t.join("u"), 50, 2, shift.0, shift.1);
-    let test = synthetic(&t.join("test"), 40, 3, shift.0, shift.1);
+    let u = common::synthetic_shapes(&t.join("u"), 50, 2, shift.0, shift.1);
+    let test = common::synthetic_shapes(&t.join("test"), 40, 3, shift.0, shift.1);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let model = t.join("model");
     coft(&[

@@ -3,6 +3,8 @@
 //! classifies held-out images zero-shot well above chance), resume after a hard crash, and
 //! the caption sources (CSV, templates, CIFAR-10N noisy labels).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -16,7 +18,6 @@ use coft::pretrain::{
     PretrainEvent, PretrainHooks,
 };
 use coft::train::read_metrics;
-use rand::{RngExt, SeedableRng};
 
 fn tensor2(rows: &[[f32; 3]], device: &Device) -> Tensor<2> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
@@ -120,51 +121,10 @@ fn temperature_gradient_matches_finite_differences_and_stops_at_the_clamp() {
     }
 }
 
-const COLOURS: [(&str, [u8; 3]); 4] = [
-    ("red", [220, 30, 30]),
-    ("green", [30, 200, 40]),
-    ("blue", [30, 50, 220]),
-    ("yellow", [230, 220, 30]),
-];
-
 /// Class folders of 16x16 PNGs: a square or disc of the class colour (jittered) at a random
 /// place on a noisy grey background.
 fn synthetic_folder(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (name, rgb) in COLOURS {
-        let class_dir = dir.join(name);
-        std::fs::create_dir_all(&class_dir).unwrap();
-        for i in 0..per_class {
-            let size: i32 = rng.random_range(6..11);
-            let (cx, cy): (i32, i32) = (rng.random_range(3..13), rng.random_range(3..13));
-            let disc = rng.random_bool(0.5);
-            let jitter: [i32; 3] = [
-                rng.random_range(-25..26),
-                rng.random_range(-25..26),
-                rng.random_range(-25..26),
-            ];
-            let mut img = image::RgbImage::new(16, 16);
-            for (x, y, px) in img.enumerate_pixels_mut() {
-                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
-                let inside = if disc {
-                    4 * (dx * dx + dy * dy) <= size * size
-                } else {
-                    2 * dx.abs() <= size && 2 * dy.abs() <= size
-                };
-                let grey: i32 = rng.random_range(70..170);
-                for c in 0..3 {
-                    let v = if inside {
-                        i32::from(rgb[c]) + jitter[c] + rng.random_range(-20..21)
-                    } else {
-                        grey + rng.random_range(-10..11)
-                    };
-                    px[c] = v.clamp(0, 255) as u8;
-                }
-            }
-            img.save(class_dir.join(format!("{i:03}.png"))).unwrap();
-        }
-    }
-    dir.to_path_buf()
+    common::synthetic_shapes(dir, per_class, seed, 0.0, 20)
 }
 
 fn pretrain_cli(args: &[&str], abort_after: Option<usize>) -> Output {
@@ -319,7 +279,7 @@ fn caption_csv_with_header_range_and_missing_files() {
     let imgs = synthetic_folder(&dir.path().join("imgs"), 3, 5);
     let csv = dir.path().join("pairs.csv");
     let mut text = String::from("path,caption\n");
-    for (name, _) in COLOURS {
+    for (name, _) in common::COLOURS {
         for i in 0..3 {
             text.push_str(&format!(
                 "imgs/{name}/{i:03}.png,a {name} thing, seen from above\n"

@@ -92,40 +92,6 @@ pub struct Args {
     device: DeviceKind,
 }
 
-/// Apply `a.b.c=value` to a TOML table; the value is parsed as TOML, else taken as a string.
-fn set_key(root: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("--set {assignment:?}: expected KEY=VALUE"))?;
-    let value: toml::Value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let mut table = root;
-    for p in &parts[..parts.len() - 1] {
-        table = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: {p} is not a table"))?;
-    }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
 /// Defaults, then `--config`, then the flags, then `--set`.
 pub fn resolve_config(a: &Args) -> anyhow::Result<PretrainConfig> {
     let mut table = toml::Table::try_from(PretrainConfig::default())?;
@@ -135,7 +101,7 @@ pub fn resolve_config(a: &Args) -> anyhow::Result<PretrainConfig> {
         let user: toml::Table = text
             .parse()
             .with_context(|| format!("{}: not valid TOML", path.display()))?;
-        merge(&mut table, user);
+        common::merge_toml(&mut table, user);
     }
     let mut cli = toml::Table::new();
     let mut put = |k: &str, v: Option<toml::Value>| {
@@ -177,9 +143,9 @@ pub fn resolve_config(a: &Args) -> anyhow::Result<PretrainConfig> {
     if !model.is_empty() {
         cli.insert("model".into(), model.into());
     }
-    merge(&mut table, cli);
+    common::merge_toml(&mut table, cli);
     for s in &a.sets {
-        set_key(&mut table, s)?;
+        common::set_toml_key(&mut table, s)?;
     }
     // Through text, so a type error points at the offending key.
     let text = toml::to_string(&table)?;

@@ -46,29 +46,6 @@ pub struct TrainArgs {
     run: RunOpts,
 }
 
-/// Apply `a.b.c=value` to a TOML table; the value is parsed as TOML, else taken as a string.
-fn set_key(root: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("--set {assignment:?}: expected KEY=VALUE"))?;
-    let value: toml::Value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let mut table = root;
-    for p in &parts[..parts.len() - 1] {
-        table = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: {p} is not a table"))?;
-    }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
 pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut table: toml::Table = toml::Table::try_from(TrainConfig::default())?;
     if let Some(path) = &a.config {
@@ -77,7 +54,7 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         let user: toml::Table = text
             .parse()
             .with_context(|| format!("{}: not valid TOML", path.display()))?;
-        merge(&mut table, user);
+        common::merge_toml(&mut table, user);
     }
     let mut cli = toml::Table::new();
     if let Some(m) = &a.model {
@@ -93,9 +70,9 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         cli.insert("k".into(), (k as i64).into());
     }
     cli.insert("method".into(), a.method.replace('+', "_plus").into());
-    merge(&mut table, cli);
+    common::merge_toml(&mut table, cli);
     for s in &a.sets {
-        set_key(&mut table, s)?;
+        common::set_toml_key(&mut table, s)?;
     }
     // Through text, so a type error points at the offending key's line.
     let text = toml::to_string(&table)?;
@@ -109,17 +86,6 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     })?;
     cfg.validate().context("config")?;
     Ok(cfg)
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
 }
 
 /// Training augmentation: random resized crop (scale `min_scale`-1) + flip (METHOD.md),
