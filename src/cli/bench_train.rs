@@ -32,6 +32,9 @@ pub struct TrainBenchArgs {
     /// Timed steps per phase (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Use burn's balanced gradient checkpointing (`gradient_checkpointing` in train configs).
+    #[arg(long)]
+    checkpointing: bool,
     /// Internal: run one phase in this process.
     #[arg(long, hide = true)]
     worker: Option<u8>,
@@ -43,8 +46,8 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe()?;
     println!(
-        "training steps at {} shape, batch {}, {} classes, {} threads, median of {} steps",
-        a.shape, a.batch, a.classes, a.threads, a.steps
+        "training steps at {} shape, batch {}, {} classes, {} threads, median of {} steps, gradient checkpointing {}",
+        a.shape, a.batch, a.classes, a.threads, a.steps, if a.checkpointing { "on" } else { "off" }
     );
     println!("| step | s/step | img/s | peak MiB |\n|---|---|---|---|");
     for (phase, name) in [
@@ -67,6 +70,7 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
                 &a.steps.to_string(),
             ])
             .args(["--worker", &phase.to_string()])
+            .args(a.checkpointing.then_some("--checkpointing"))
             .env("RAYON_NUM_THREADS", a.threads.to_string())
             .output()
             .context("running the benchmark worker")?;
@@ -98,7 +102,7 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
 
 fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
     let device = common::device(common::DeviceKind::Cpu)?;
-    let ad = if std::env::var_os("COFT_BENCH_CHECKPOINTING").is_some() {
+    let ad = if a.checkpointing {
         device.clone().autodiff().gradient_checkpointing()
     } else {
         device.clone().autodiff()

@@ -66,8 +66,9 @@ pub struct TrainConfig {
     pub infer_batch_size: usize,
     /// Lower bound of the random-resized-crop area in training augmentation.
     pub crop_scale_min: f32,
-    /// Recompute memory-bound activations in backward (burn's balanced checkpointing):
-    /// about 20% less peak memory in Phase I, about 45% less in Phase II, at some speed cost.
+    /// Recompute memory-bound activations in backward (burn's balanced checkpointing). At
+    /// ViT-B/16, batch 32 on 2 cores (`coft bench train`): Phase I 7.9 -> 6.2 GiB peak for
+    /// 7% more time per step, Phase II 8.4 -> 5.0 GiB and no slower; hence on by default.
     pub gradient_checkpointing: bool,
 }
 
@@ -90,7 +91,7 @@ impl Default for TrainConfig {
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
-            gradient_checkpointing: false,
+            gradient_checkpointing: true,
         }
     }
 }
