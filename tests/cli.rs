@@ -133,6 +133,23 @@ fn zero_shot_reports_accuracy_and_skips_bad_files() {
     );
     assert!(stderr.contains("2 image(s) could not be read"), "{stderr}");
     let (_, rows) = read_preds(&out);
+    // --strict turns the skipped files into a failure, before anything is written.
+    let strict_out = dir.path().join("strict.csv");
+    let o2 = coft(&[
+        "zero-shot",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        root.to_str().unwrap(),
+        "--classes",
+        classes.to_str().unwrap(),
+        "--out",
+        strict_out.to_str().unwrap(),
+        "--strict",
+    ]);
+    let e2 = String::from_utf8_lossy(&o2.stderr);
+    assert!(!o2.status.success() && e2.contains("--strict"), "{e2}");
+    assert!(!strict_out.exists());
     assert_eq!(
         rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
         ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]

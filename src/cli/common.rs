@@ -25,6 +25,9 @@ pub struct RunOpts {
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Fail on any unreadable or skipped file instead of reporting and skipping it.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl RunOpts {
@@ -118,6 +121,15 @@ impl Progress {
     }
 }
 
+/// Report skipped images; with `strict`, any of them is an error (nothing is written).
+pub fn check_skipped(skipped: &[Skipped], strict: bool) -> anyhow::Result<()> {
+    report_skipped(skipped);
+    if strict && !skipped.is_empty() {
+        bail!("{} image(s) could not be read (--strict)", skipped.len());
+    }
+    Ok(())
+}
+
 /// Report unreadable images one per line and a count; they are skipped, not fatal.
 pub fn report_skipped(skipped: &[Skipped]) {
     for s in skipped {
@@ -132,13 +144,20 @@ pub fn report_skipped(skipped: &[Skipped]) {
 }
 
 /// Scan a folder for images (recursively, sorted); problems are reported and skipped.
-pub fn scan_folder(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn scan_folder(dir: &Path, strict: bool) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{}: not a folder", dir.display());
     }
     let scan = coft::data::scan::scan_images(dir);
     for p in &scan.problems {
         eprintln!("warning: skipped {p}");
+    }
+    if strict && !scan.problems.is_empty() {
+        bail!(
+            "{}: {} unusable entr(ies) found (--strict)",
+            dir.display(),
+            scan.problems.len()
+        );
     }
     if scan.files.is_empty() {
         bail!(

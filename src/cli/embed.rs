@@ -32,7 +32,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.run.setup()?;
     let labels_path = a.out.with_extension("txt");
     let (rows, labels, dim, data) = if let Some(dir) = &a.images {
-        let paths = common::scan_folder(dir)?;
+        let paths = common::scan_folder(dir, a.run.strict)?;
         let model = common::load_model(&a.model, &device)?;
         let mut progress = Progress::new("embed", paths.len());
         let opts = InferOptions {
@@ -42,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         let emb = embed_images(&model, paths.clone(), &opts, |d| progress.set(d));
         progress.finish();
-        common::report_skipped(&emb.skipped);
+        common::check_skipped(&emb.skipped, a.run.strict)?;
         if emb.kept.is_empty() {
             bail!("none of the {} images could be read", paths.len());
         }

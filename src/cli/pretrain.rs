@@ -166,6 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         batch_size: 1,
         threads: a.threads,
         device: a.device,
+        strict: false,
     };
     let device = opts.setup()?;
     let (cfg, out) = match &a.resume {

@@ -70,6 +70,9 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         cli.insert("k".into(), (k as i64).into());
     }
     cli.insert("method".into(), a.method.replace('+', "_plus").into());
+    if a.run.strict {
+        cli.insert("strict".into(), true.into());
+    }
     common::merge_toml(&mut table, cli);
     for s in &a.sets {
         common::set_toml_key(&mut table, s)?;
@@ -230,7 +233,7 @@ fn ensemble_probs(
 
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let device = a.opts.setup()?;
-    let paths = common::scan_folder(&a.images)?;
+    let paths = common::scan_folder(&a.images, a.opts.strict)?;
     let (classes, kept, probs) =
         ensemble_probs(&a.run, paths.clone(), a.opts.batch_size, &device, "predict")?;
     let c = classes.len();

@@ -59,7 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             missing.join(", ")
         );
     }
-    let paths = common::scan_folder(&a.images)?;
+    let paths = common::scan_folder(&a.images, a.run.strict)?;
     let model = common::load_model(&a.model, &device)?;
     let tokenizer = Tokenizer::new().context("loading the CLIP tokenizer")?;
     let ctx = model.config.text.context_length;
@@ -78,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let emb = embed_images(&model, paths.clone(), &opts, |d| progress.set(d));
     progress.finish();
-    common::report_skipped(&emb.skipped);
+    common::check_skipped(&emb.skipped, a.run.strict)?;
     if emb.kept.is_empty() {
         bail!("none of the {} images could be read", paths.len());
     }

@@ -70,6 +70,8 @@ pub struct TrainConfig {
     /// ViT-B/16, batch 32 on 2 cores (`coft bench train`): Phase I 7.9 -> 6.2 GiB peak for
     /// 7% more time per step, Phase II 8.4 -> 5.0 GiB and no slower; hence on by default.
     pub gradient_checkpointing: bool,
+    /// Fail on unreadable images instead of reporting and skipping them.
+    pub strict: bool,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +94,7 @@ impl Default for TrainConfig {
             infer_batch_size: 64,
             crop_scale_min: 0.5,
             gradient_checkpointing: true,
+            strict: false,
         }
     }
 }
@@ -228,6 +231,22 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         let emb = embed_images(&clip, paths.clone(), &infer, |d| {
             (hooks.on_progress)("zero-shot", d)
         });
+        if !emb.skipped.is_empty() {
+            let lines: Vec<String> = emb.skipped.iter().map(|s| s.reason.clone()).collect();
+            let list = stage0.path("skipped.txt");
+            crate::util::write_atomic(&list, (lines.join("\n") + "\n").as_bytes())?;
+            for l in &lines {
+                eprintln!("warning: skipped {l}");
+            }
+            eprintln!(
+                "warning: {} image(s) could not be read and were skipped (listed in {})",
+                lines.len(),
+                list.display()
+            );
+            if cfg.strict {
+                bail!("{} image(s) could not be read (strict)", lines.len());
+            }
+        }
         let n = emb.kept.len();
         let v: Tensor<2> =
             Tensor::from_data(TensorData::new(emb.data, [n, emb.dim]), &hooks.device);
