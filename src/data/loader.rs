@@ -95,13 +95,11 @@ pub fn load_batches(
     (rx, handle)
 }
 
-/// The inference transform of CLIP: resize shorter side, centre crop, normalise.
+/// The inference transform of CLIP: resize shorter side, centre crop, normalise; computed
+/// only for the pixels that survive the crop (the same bytes as resizing then cropping).
 pub fn inference_transform(cfg: PreprocessConfig) -> Arc<Transform> {
     Arc::new(move |_, img: &image::RgbImage, out: &mut [f32]| {
-        let s = cfg.image_size;
-        let resized = preprocess::resize_shorter_side(img, s);
-        let cropped = preprocess::center_crop(&resized, s, s);
-        preprocess::to_tensor_chw(&cropped, &cfg, out);
+        preprocess::preprocess_into(img, &cfg, out);
     })
 }
 
