@@ -73,25 +73,13 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, ClipError> {
     })?;
     let mut map = TensorMap::new();
     for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::I64 | Dtype::I32 if is_ignored(&name) => continue,
-            other => {
+        let data = match crate::util::safetensors_f32(&view) {
+            Some(d) => d,
+            None if is_ignored(&name) => continue,
+            None => {
                 return Err(ClipError::InFile {
                     path: path.to_path_buf(),
-                    message: format!("tensor {name:?} has unsupported dtype {other:?}"),
+                    message: format!("tensor {name:?} has unsupported dtype {:?}", view.dtype()),
                 })
             }
         };

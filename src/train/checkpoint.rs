@@ -108,7 +108,7 @@ pub fn load_tensors(path: &Path) -> Result<NamedTensors, TrainError> {
 pub fn load_tensors_with_metadata(
     path: &Path,
 ) -> Result<(NamedTensors, BTreeMap<String, String>), TrainError> {
-    use safetensors::{Dtype, SafeTensors};
+    use safetensors::SafeTensors;
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
@@ -121,27 +121,12 @@ pub fn load_tensors_with_metadata(
         .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
     let mut map = NamedTensors::new();
     for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(TrainError::in_file(
-                    path,
-                    format!("tensor {name:?} has unsupported dtype {other:?}"),
-                ))
-            }
-        };
+        let data = crate::util::safetensors_f32(&view).ok_or_else(|| {
+            TrainError::in_file(
+                path,
+                format!("tensor {name:?} has unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
         map.insert(name, HostData::new(view.shape().to_vec(), data));
     }
     Ok((map, metadata))

@@ -28,3 +28,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     })
 }
+
+/// The values of a float safetensors tensor (f32, f16 or bf16) as f32; `None` for other
+/// dtypes. Checkpoints from PyTorch come in all three.
+pub fn safetensors_f32(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
+    use safetensors::Dtype;
+    let raw = view.data();
+    match view.dtype() {
+        Dtype::F32 => Some(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(
+            raw.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        Dtype::BF16 => Some(
+            raw.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
