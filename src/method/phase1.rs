@@ -95,29 +95,30 @@ pub fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// Train (or resume training) one Phase I model in `stage`, returning its prompts.
+/// The epoch loop both phases share: per-epoch order from `(seed, epoch)`, augmented batches,
+/// `loss_fn(model, pixels, labels, epoch, step_in_epoch) -> (loss, correct)`, one optimiser
+/// step per batch, a checkpoint and a metrics line per epoch, and resume from the last
+/// checkpoint of `stage`.
 #[allow(clippy::too_many_arguments)]
-pub fn train_phase1(
-    clip: &Clip,
-    prompts: &ClassPrompts,
+pub fn run_epochs<M: burn::module::Module>(
+    name: &str,
+    model: M,
     data: &LabeledSet,
-    learner: PromptLearner,
     optim: &OptimConfig,
-    lambda: f64,
     seed: u64,
+    image_size: usize,
     stage: &StageDir,
     env: &mut StageEnv<'_>,
-) -> Result<PromptLearner, TrainError> {
-    let num_classes = prompts.batch.ids.len();
+    mut loss_fn: impl FnMut(&M, Tensor<4>, &[usize], usize, usize) -> (Tensor<1>, usize),
+) -> Result<M, TrainError> {
     let n = data.paths.len();
     let bs = optim.batch_size.max(1);
     let steps_per_epoch = n.div_ceil(bs).max(1);
     let schedule = optim.schedule(steps_per_epoch);
-    let scale = clip.logit_scale_exp();
     let mut opt = Optimizer::new(optim.optimizer);
-    let (mut learner, done) = stage.restore(learner, &mut opt)?;
+    let (mut model, done) = stage.restore(model, &mut opt)?;
     let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
-    let s = clip.config.vision.image_size;
+    let s = image_size;
     for epoch in done..optim.epochs {
         let order = epoch_order(n, seed, epoch as u64);
         let paths: Vec<PathBuf> = order.iter().map(|&i| data.paths[i].clone()).collect();
@@ -139,36 +140,16 @@ pub fn train_phase1(
                 .iter()
                 .map(|&j| data.labels[order[j]])
                 .collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(
-                seed,
-                epoch as u64,
-                step_in_epoch as u64 + 1,
-            ));
-            let complement: Vec<usize> = labels
-                .iter()
-                .map(|&y| draw_complement(y, num_classes, &mut rng))
-                .collect();
             let pixels: Tensor<4> =
                 Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
-            let v = image_embeddings(clip, &learner, pixels);
-            let (t_pos, t_neg) = class_embeddings(clip, prompts, &learner);
-            let s_pos = similarities(v.clone(), t_pos);
-            let s_neg = similarities(v, t_neg);
-            let loss = l1(s_pos.clone(), &labels, scale)
-                + l2(s_pos.clone(), s_neg, &labels, &complement, scale) * lambda;
-            let pred =
-                crate::method::pseudo_labels::argmax_rows(&to_host(s_pos.inner()), num_classes);
-            correct += pred
-                .iter()
-                .zip(&labels)
-                .filter(|((p, _), y)| p == *y)
-                .count();
+            let (loss, right) = loss_fn(&model, pixels, &labels, epoch, step_in_epoch);
+            correct += right;
             seen += b;
             let mut grads = loss.backward();
             let lv = f64::from(to_host(loss.inner())[0]);
             loss_sum += lv * b as f64;
             let step = epoch * steps_per_epoch + step_in_epoch;
-            learner = opt.step(learner, &mut grads, schedule.lr(step));
+            model = opt.step(model, &mut grads, schedule.lr(step));
             (env.progress)(StageProgress {
                 epoch,
                 epochs: optim.epochs,
@@ -181,9 +162,9 @@ pub fn train_phase1(
         let _ = handle.join();
         let seen_f = seen.max(1) as f64;
         let (mean_loss, acc) = (loss_sum / seen_f, correct as f64 / seen_f);
-        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &learner, &opt)?;
+        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &opt)?;
         metrics.write(&serde_json::json!({
-            "stage": "phase1", "epoch": epoch + 1, "loss": mean_loss, "train_acc": acc,
+            "stage": name, "epoch": epoch + 1, "loss": mean_loss, "train_acc": acc,
             "lr": schedule.lr((epoch + 1) * steps_per_epoch - 1), "images": seen,
         }))?;
         (env.progress)(StageProgress {
@@ -196,5 +177,59 @@ pub fn train_phase1(
         });
     }
     stage.mark_done()?;
-    Ok(learner)
+    Ok(model)
+}
+
+/// Rows of `scores` whose argmax equals the label.
+pub fn count_correct(scores: Tensor<2>, labels: &[usize]) -> usize {
+    let c = scores.dims()[1];
+    crate::method::pseudo_labels::argmax_rows(&to_host(scores.inner()), c)
+        .iter()
+        .zip(labels)
+        .filter(|((p, _), y)| p == *y)
+        .count()
+}
+
+/// Train (or resume training) one Phase I model in `stage`, returning its prompts.
+#[allow(clippy::too_many_arguments)]
+pub fn train_phase1(
+    clip: &Clip,
+    prompts: &ClassPrompts,
+    data: &LabeledSet,
+    learner: PromptLearner,
+    optim: &OptimConfig,
+    lambda: f64,
+    seed: u64,
+    stage: &StageDir,
+    env: &mut StageEnv<'_>,
+) -> Result<PromptLearner, TrainError> {
+    let num_classes = prompts.batch.ids.len();
+    let scale = clip.logit_scale_exp();
+    let s = clip.config.vision.image_size;
+    run_epochs(
+        "phase1",
+        learner,
+        data,
+        optim,
+        seed,
+        s,
+        stage,
+        env,
+        |learner, pixels, labels, epoch, step| {
+            // A fresh complement label per sample per visit, from (seed, epoch, step).
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(mix(seed, epoch as u64, step as u64 + 1));
+            let complement: Vec<usize> = labels
+                .iter()
+                .map(|&y| draw_complement(y, num_classes, &mut rng))
+                .collect();
+            let v = image_embeddings(clip, learner, pixels);
+            let (t_pos, t_neg) = class_embeddings(clip, prompts, learner);
+            let s_pos = similarities(v.clone(), t_pos);
+            let s_neg = similarities(v, t_neg);
+            let loss = l1(s_pos.clone(), labels, scale)
+                + l2(s_pos.clone(), s_neg, labels, &complement, scale) * lambda;
+            (loss, count_correct(s_pos, labels))
+        },
+    )
 }

@@ -2,8 +2,6 @@
 //! then full fine-tuning of a fresh image encoder plus linear head on each clean set, and
 //! prediction by the ensemble of both.
 
-use std::sync::Arc;
-
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
@@ -11,15 +9,14 @@ use burn::tensor::loss::cross_entropy_with_logits;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::phase1::{to_host, LabeledSet, OptimConfig, StageEnv, StageProgress};
+use super::phase1::{count_correct, run_epochs, to_host, LabeledSet, OptimConfig, StageEnv};
 use super::prompts::{class_embeddings, ClassPrompts, PromptLearner};
 use crate::clip::model::l2_normalize;
 use crate::clip::vision::VisionTower;
 use crate::clip::Clip;
-use crate::data::loader::{epoch_order, load_batches, LoaderConfig};
 use crate::infer::ImageEmbeddings;
 use crate::train::stage::StageDir;
-use crate::train::{MetricsWriter, Optimizer, TrainError};
+use crate::train::TrainError;
 
 /// How the linear head starts. [decision] METHOD.md: from the positive-prompt class
 /// embeddings times 1/tau, so training starts at the prompt-tuned classifier.
@@ -135,83 +132,34 @@ pub fn full_finetune(
     stage: &StageDir,
     env: &mut StageEnv<'_>,
 ) -> Result<Classifier, TrainError> {
-    let n = data.paths.len();
-    let bs = optim.batch_size.max(1);
-    let steps_per_epoch = n.div_ceil(bs).max(1);
-    let schedule = optim.schedule(steps_per_epoch);
-    let mut opt = Optimizer::new(optim.optimizer);
-    let (mut model, done) = stage.restore(model, &mut opt)?;
-    let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
     let s = model.vision.config.image_size;
-    for epoch in done..optim.epochs {
-        let order = epoch_order(n, seed, epoch as u64);
-        let paths: Vec<_> = order.iter().map(|&i| data.paths[i].clone()).collect();
-        let cfg = LoaderConfig {
-            batch_size: bs,
-            prefetch: 2,
-            image_size: s,
-            limits: env.limits,
-        };
-        let (rx, handle) = load_batches(Arc::new(paths), cfg, (env.transform)(epoch as u64));
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (step_in_epoch, batch) in rx.into_iter().enumerate() {
-            let b = batch.indices.len();
-            if b == 0 {
-                continue;
-            }
-            let labels: Vec<i64> = batch
-                .indices
-                .iter()
-                .map(|&j| data.labels[order[j]] as i64)
-                .collect();
-            let pixels: Tensor<4> =
-                Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
+    let device = env.device.clone();
+    run_epochs(
+        "phase2",
+        model,
+        data,
+        optim,
+        seed,
+        s,
+        stage,
+        env,
+        |model, pixels, labels, _, _| {
             let logits = model.forward(pixels);
             let c = logits.dims()[1];
-            let pred =
-                crate::method::pseudo_labels::argmax_rows(&to_host(logits.clone().inner()), c);
-            correct += pred
-                .iter()
-                .zip(&labels)
-                .filter(|((p, _), y)| *p as i64 == **y)
-                .count();
-            seen += b;
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), env.device);
-            let onehot = targets.one_hot(c).float();
-            let loss = cross_entropy_with_logits(logits, onehot);
-            let lv = f64::from(to_host(loss.clone().inner())[0]);
-            loss_sum += lv * b as f64;
-            let mut grads = loss.backward();
-            let step = epoch * steps_per_epoch + step_in_epoch;
-            model = opt.step(model, &mut grads, schedule.lr(step));
-            (env.progress)(StageProgress {
-                epoch,
-                epochs: optim.epochs,
-                step_in_epoch: step_in_epoch + 1,
-                steps_per_epoch,
-                loss: lv,
-                epoch_summary: None,
-            });
-        }
-        let _ = handle.join();
-        let seen_f = seen.max(1) as f64;
-        let (mean_loss, acc) = (loss_sum / seen_f, correct as f64 / seen_f);
-        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &opt)?;
-        metrics.write(&serde_json::json!({
-            "stage": "phase2", "epoch": epoch + 1, "loss": mean_loss, "train_acc": acc,
-            "lr": schedule.lr((epoch + 1) * steps_per_epoch - 1), "images": seen,
-        }))?;
-        (env.progress)(StageProgress {
-            epoch,
-            epochs: optim.epochs,
-            step_in_epoch: steps_per_epoch,
-            steps_per_epoch,
-            loss: mean_loss,
-            epoch_summary: Some((mean_loss, acc)),
-        });
-    }
-    stage.mark_done()?;
-    Ok(model)
+            let right = count_correct(logits.clone(), labels);
+            let targets = Tensor::<1, Int>::from_data(
+                TensorData::new(
+                    labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                    [labels.len()],
+                ),
+                &device,
+            );
+            (
+                cross_entropy_with_logits(logits, targets.one_hot(c).float()),
+                right,
+            )
+        },
+    )
 }
 
 /// Softmax probabilities `[B, C]` of a classifier (no gradients).
