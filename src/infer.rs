@@ -37,22 +37,20 @@ pub fn embed_images(
     opts: &InferOptions,
     progress: impl FnMut(usize),
 ) -> ImageEmbeddings {
-    embed_images_with(model, paths, opts, progress, |px| {
-        model.encode_image(px, None)
-    })
+    let s = model.config.vision.image_size;
+    embed_images_with(s, paths, opts, progress, |px| model.encode_image(px, None))
 }
 
 /// Like [`embed_images`] with any encoder `[B, 3, S, S] -> [B, dim]` (prompted towers,
 /// fine-tuned classifiers' probabilities).
 pub fn embed_images_with(
-    model: &Clip,
+    image_size: usize,
     paths: Vec<PathBuf>,
     opts: &InferOptions,
     mut progress: impl FnMut(usize),
     encode: impl Fn(Tensor<4>) -> Tensor<2>,
 ) -> ImageEmbeddings {
-    let s = model.config.vision.image_size;
-    let mut dim = model.config.projection_dim;
+    let s = image_size;
     let cfg = LoaderConfig {
         batch_size: opts.batch_size,
         prefetch: 2,
@@ -66,7 +64,8 @@ pub fn embed_images_with(
     );
     let mut out = ImageEmbeddings {
         data: Vec::new(),
-        dim,
+        // Set by the first batch (the encoder decides the width).
+        dim: 0,
         kept: Vec::new(),
         skipped: Vec::new(),
     };
@@ -79,8 +78,7 @@ pub fn embed_images_with(
             let pixels: Tensor<4> =
                 Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), &opts.device);
             let emb = encode(pixels);
-            dim = emb.dims()[1];
-            out.dim = dim;
+            out.dim = emb.dims()[1];
             out.data.extend(to_vec(emb));
             out.kept.extend(batch.indices);
         }

@@ -219,3 +219,51 @@ pub fn merge_toml(base: &mut toml::Table, over: toml::Table) {
         }
     }
 }
+
+/// Embed `paths` with a progress bar; skipped images are reported (an error with `--strict`),
+/// and having none left is an error.
+pub fn embed_paths(
+    model: &coft::clip::Clip,
+    paths: &[PathBuf],
+    run: &RunOpts,
+    device: &Device,
+    label: &str,
+) -> anyhow::Result<coft::infer::ImageEmbeddings> {
+    let mut progress = Progress::new(label, paths.len());
+    let opts = coft::infer::InferOptions {
+        batch_size: run.batch_size,
+        device: device.clone(),
+        limits: coft::data::decode::DecodeLimits::default(),
+    };
+    let emb = coft::infer::embed_images(model, paths.to_vec(), &opts, |d| progress.set(d));
+    progress.finish();
+    check_skipped(&emb.skipped, run.strict)?;
+    if emb.kept.is_empty() {
+        bail!("none of the {} images could be read", paths.len());
+    }
+    Ok(emb)
+}
+
+/// `--resume RUN` loads the run's saved config; otherwise `--out` must be a new run folder and
+/// the config comes from `resolve`.
+pub fn new_or_resume<C>(
+    resume: Option<&Path>,
+    out: Option<&Path>,
+    load: impl FnOnce(&Path) -> anyhow::Result<C>,
+    resolve: impl FnOnce() -> anyhow::Result<C>,
+) -> anyhow::Result<(C, PathBuf)> {
+    if let Some(run) = resume {
+        let cfg = load(&run.join("config.toml")).context("resuming")?;
+        eprintln!("resuming {}", run.display());
+        return Ok((cfg, run.to_path_buf()));
+    }
+    let out = out.context("--out is required (or --resume a run)")?;
+    if out.join("config.toml").exists() {
+        bail!(
+            "{}: already holds a run; use --resume {} to continue it",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok((resolve()?, out.to_path_buf()))
+}

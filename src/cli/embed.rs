@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 use coft::clip::tokenizer::Tokenizer;
-use coft::data::decode::DecodeLimits;
-use coft::infer::{embed_images, embed_texts, InferOptions};
+use coft::infer::embed_texts;
 
 use super::common::{self, Progress, RunOpts};
 
@@ -34,18 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (rows, labels, dim, data) = if let Some(dir) = &a.images {
         let paths = common::scan_folder(dir, a.run.strict)?;
         let model = common::load_model(&a.model, &device)?;
-        let mut progress = Progress::new("embed", paths.len());
-        let opts = InferOptions {
-            batch_size: a.run.batch_size,
-            device: device.clone(),
-            limits: DecodeLimits::default(),
-        };
-        let emb = embed_images(&model, paths.clone(), &opts, |d| progress.set(d));
-        progress.finish();
-        common::check_skipped(&emb.skipped, a.run.strict)?;
-        if emb.kept.is_empty() {
-            bail!("none of the {} images could be read", paths.len());
-        }
+        let emb = common::embed_paths(&model, &paths, &a.run, &device, "embed")?;
         let labels: Vec<String> = emb
             .kept
             .iter()

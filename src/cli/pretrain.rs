@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use coft::pretrain::{self, PretrainConfig, PretrainEvent, PretrainHooks};
 
@@ -169,27 +169,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         strict: false,
     };
     let device = opts.setup()?;
-    let (cfg, out) = match &a.resume {
-        Some(dir) => {
-            let cfg = PretrainConfig::load(&dir.join("config.toml")).context("resuming")?;
-            eprintln!("resuming {}", dir.display());
-            (cfg, dir.clone())
-        }
-        None => {
-            let out = a
-                .out
-                .clone()
-                .context("--out DIR is required (or --resume DIR)")?;
-            if out.join("config.toml").exists() {
-                bail!(
-                    "{}: already holds a run; use --resume {} to continue it",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (resolve_config(&a)?, out)
-        }
-    };
+    let (cfg, out) = common::new_or_resume(
+        a.resume.as_deref(),
+        a.out.as_deref(),
+        PretrainConfig::load,
+        || resolve_config(&a),
+    )?;
     let arch = cfg.clip_config()?;
     eprintln!(
         "model: vision {}x{} patch {} width {} layers {} heads {}; text width {} layers {} heads \

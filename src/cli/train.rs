@@ -2,13 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args as ClapArgs;
 use coft::data::decode::DecodeLimits;
-use coft::data::loader::Transform;
 use coft::infer::{embed_images_with, to_vec, InferOptions};
 use coft::method::phase2::classifier_probs;
 use coft::method::pipeline::{self, Hooks, TrainConfig};
@@ -91,42 +89,14 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     Ok(cfg)
 }
 
-/// Training augmentation: random resized crop (scale `min_scale`-1) + flip (METHOD.md),
-/// seeded per (seed, epoch, sample) so resumed runs see the same images.
-fn augmenter(
-    image_size: usize,
-    min_scale: f32,
-) -> anyhow::Result<impl Fn(u64, u64) -> Arc<Transform>> {
-    let pipeline = coft::data::augment::crop_flip(image_size as u32, min_scale)
-        .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
-    Ok(move |seed, epoch| coft::data::augment::transform(pipeline.clone(), seed, epoch, 0))
-}
-
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let device = a.run.setup()?;
-    let (cfg, run_dir) = match &a.resume {
-        Some(run) => {
-            let cfg = TrainConfig::load(&run.join("config.toml")).context("resuming")?;
-            eprintln!("resuming {}", run.display());
-            (cfg, run.clone())
-        }
-        None => {
-            let out = a
-                .out
-                .clone()
-                .context("--out RUN is required (or --resume RUN)")?;
-            if out.join("config.toml").exists() {
-                bail!(
-                    "{}: already holds a run; use --resume {} to continue it",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (resolve_config(&a)?, out)
-        }
-    };
-    let image_size = probe_image_size(&cfg.model, &device)?;
-    let augment = augmenter(image_size, cfg.crop_scale_min)?;
+    let (cfg, run_dir) = common::new_or_resume(
+        a.resume.as_deref(),
+        a.out.as_deref(),
+        TrainConfig::load,
+        || resolve_config(&a),
+    )?;
     let bar: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
     let mut on_stage = |name: &str, total: usize| {
         if let Some(p) = bar.borrow_mut().take() {
@@ -160,7 +130,6 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         } else {
             device.clone().autodiff()
         },
-        augment: &augment,
         on_stage: &mut on_stage,
         on_progress: &mut on_progress,
         on_epoch: &mut on_epoch,
@@ -171,12 +140,6 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     }
     eprintln!("run finished: {}", run_dir.display());
     Ok(())
-}
-
-fn probe_image_size(model: &str, device: &Device) -> anyhow::Result<usize> {
-    let (clip, _) = coft::clip::weights::load_model(model, device)
-        .with_context(|| format!("loading model {model}"))?;
-    Ok(clip.config.vision.image_size)
 }
 
 #[derive(ClapArgs, Debug)]
@@ -202,9 +165,9 @@ fn ensemble_probs(
     batch_size: usize,
     device: &Device,
     label: &str,
+    strict: bool,
 ) -> anyhow::Result<RunProbs> {
-    let (cfg, classes, models) = pipeline::load_classifiers(run, device)?;
-    let (clip, _) = coft::clip::weights::load_model(&cfg.model, device)?;
+    let (_, classes, models) = pipeline::load_classifiers(run, device)?;
     let opts = InferOptions {
         batch_size,
         device: device.clone(),
@@ -215,7 +178,7 @@ fn ensemble_probs(
     for (i, m) in models.iter().enumerate() {
         let mut progress = Progress::new(&format!("{label} F{}", i + 1), paths.len());
         let e = embed_images_with(
-            &clip,
+            m.vision.config.image_size,
             paths.clone(),
             &opts,
             |d| progress.set(d),
@@ -223,7 +186,7 @@ fn ensemble_probs(
         );
         progress.finish();
         if i == 0 {
-            common::report_skipped(&e.skipped);
+            common::check_skipped(&e.skipped, strict)?;
         }
         kept = e.kept;
         per_model.push(e.data);
@@ -234,8 +197,14 @@ fn ensemble_probs(
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let device = a.opts.setup()?;
     let paths = common::scan_folder(&a.images, a.opts.strict)?;
-    let (classes, kept, probs) =
-        ensemble_probs(&a.run, paths.clone(), a.opts.batch_size, &device, "predict")?;
+    let (classes, kept, probs) = ensemble_probs(
+        &a.run,
+        paths.clone(),
+        a.opts.batch_size,
+        &device,
+        "predict",
+        a.opts.strict,
+    )?;
     let c = classes.len();
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "pred".to_string()];
@@ -282,8 +251,14 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     let paths: Vec<PathBuf> = test.samples.iter().map(|s| s.path.clone()).collect();
     let truth: Vec<Option<usize>> = test.samples.iter().map(|s| s.label).collect();
-    let (classes, kept, probs) =
-        ensemble_probs(&a.run, paths.clone(), a.opts.batch_size, &device, "eval")?;
+    let (classes, kept, probs) = ensemble_probs(
+        &a.run,
+        paths.clone(),
+        a.opts.batch_size,
+        &device,
+        "eval",
+        a.opts.strict,
+    )?;
     if classes != ds.classes {
         bail!("the run's classes differ from {}'s", a.data);
     }

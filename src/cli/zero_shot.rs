@@ -3,15 +3,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args as ClapArgs;
 use coft::clip::tokenizer::Tokenizer;
-use coft::data::decode::DecodeLimits;
-use coft::infer::{embed_images, to_vec, InferOptions};
+use coft::infer::to_vec;
 use coft::method::zero_shot;
 
-use super::common::{self, Progress, RunOpts};
+use super::common::{self, RunOpts};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -70,18 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let class_embeds = zero_shot::class_embeddings(&model, &ids, a.run.batch_size);
     let scale = model.logit_scale_exp();
 
-    let mut progress = Progress::new("zero-shot", paths.len());
-    let opts = InferOptions {
-        batch_size: a.run.batch_size,
-        device: device.clone(),
-        limits: DecodeLimits::default(),
-    };
-    let emb = embed_images(&model, paths.clone(), &opts, |d| progress.set(d));
-    progress.finish();
-    common::check_skipped(&emb.skipped, a.run.strict)?;
-    if emb.kept.is_empty() {
-        bail!("none of the {} images could be read", paths.len());
-    }
+    let emb = common::embed_paths(&model, &paths, &a.run, &device, "zero-shot")?;
     let n = emb.kept.len();
     let v: Tensor<2> = Tensor::from_data(TensorData::new(emb.data, [n, emb.dim]), &device);
     let probs = to_vec(zero_shot::probabilities(v, class_embeds, scale));

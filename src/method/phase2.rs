@@ -118,7 +118,8 @@ pub fn embed_with_prompts(
     progress: impl FnMut(usize),
 ) -> ImageEmbeddings {
     let vpt = learner.vpt.as_ref().map(|p| p.val().inner());
-    crate::infer::embed_images_with(clip, paths, opts, progress, |px| {
+    let s = clip.config.vision.image_size;
+    crate::infer::embed_images_with(s, paths, opts, progress, |px| {
         clip.encode_image(px, vpt.as_ref())
     })
 }

@@ -13,7 +13,6 @@
 //! resuming skips finished stages and continues training stages from their last epoch.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -29,7 +28,6 @@ use super::zero_shot;
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
 use crate::data::decode::DecodeLimits;
-use crate::data::loader::Transform;
 use crate::data::source::{DataSpec, Dataset, Split};
 use crate::infer::{embed_images, InferOptions};
 use crate::train::stage::StageDir;
@@ -118,6 +116,8 @@ impl TrainConfig {
                 bail!("{name}.batch_size: must be at least 1");
             }
         }
+        crate::data::augment::crop_flip(224, self.crop_scale_min)
+            .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
         if self.prompts.n_ctx == 0 {
             bail!("prompts.n_ctx: must be at least 1");
         }
@@ -137,12 +137,10 @@ impl TrainConfig {
     }
 }
 
-/// Callbacks the command line supplies: progress display and augmentation.
+/// Devices and progress callbacks the command line supplies.
 pub struct Hooks<'a> {
     pub device: Device,
     pub train_device: Device,
-    /// `(seed, epoch) -> transform` for training images.
-    pub augment: &'a dyn Fn(u64, u64) -> Arc<Transform>,
     pub on_stage: &'a mut dyn FnMut(&str, usize),
     pub on_progress: &'a mut dyn FnMut(&str, usize),
     pub on_epoch: &'a mut dyn FnMut(&str, &StageProgress),
@@ -193,6 +191,10 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
     let (clip, _) = crate::clip::weights::load_model(&cfg.model, &hooks.device)
         .with_context(|| format!("loading model {}", cfg.model))?;
     let tokenizer = Tokenizer::new()?;
+    // METHOD.md's training augmentation: random resized crop + flip, seeded per sample.
+    let augmentation =
+        crate::data::augment::crop_flip(clip.config.vision.image_size as u32, cfg.crop_scale_min)
+            .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
     let limits = DecodeLimits::default();
     let infer = InferOptions {
         batch_size: cfg.infer_batch_size,
@@ -322,7 +324,8 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         } else {
             (hooks.on_stage)(&format!("phase I: {name}"), cfg.phase1.epochs);
             let label = format!("phase I {name}");
-            let augment = |e: u64| (hooks.augment)(seed, e);
+            let augment =
+                |e: u64| crate::data::augment::transform(augmentation.clone(), seed, e, 0);
             let mut progress = |p: StageProgress| (hooks.on_epoch)(&label, &p);
             let mut env = StageEnv {
                 device: &hooks.device,
@@ -427,7 +430,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         )?;
         let seed = crate::data::loader::mix(cfg.seed, 200 + i as u64, 0);
         let label = format!("phase II {name}");
-        let augment = |e: u64| (hooks.augment)(seed, e);
+        let augment = |e: u64| crate::data::augment::transform(augmentation.clone(), seed, e, 0);
         let mut progress = |p: StageProgress| (hooks.on_epoch)(&label, &p);
         let mut env = StageEnv {
             device: &hooks.train_device,
@@ -504,11 +507,12 @@ pub fn load_classifiers(
     let fin = run_dir.join("final");
     let classes = zero_shot::read_classes(&fin.join("classes.txt"))?;
     let c = classes.len();
+    // One read of the base checkpoint gives the structure both classifiers load into.
+    let (clip, _) = crate::clip::weights::load_model(&cfg.model, device)?;
+    let d = clip.config.projection_dim;
     let mut out = Vec::new();
     for i in 1..=2 {
-        let (clip, _) = crate::clip::weights::load_model(&cfg.model, device)?;
-        let d = clip.config.projection_dim;
-        let model = Classifier::new(clip.vision, Tensor::zeros([c, d], device));
+        let model = Classifier::new(clip.vision.clone(), Tensor::zeros([c, d], device));
         let path = fin.join(format!("f{i}.safetensors"));
         out.push(
             crate::train::load_module(&path, model)
