@@ -267,3 +267,35 @@ pub fn new_or_resume<C>(
     }
     Ok((resolve()?, out.to_path_buf()))
 }
+
+/// A run's configuration in layers: the defaults, then `--config FILE`, then the flags
+/// (`cli`), then each `--set key=value`. Parsed through TOML text so that a type error
+/// names the offending key.
+pub fn layered_config<C: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    file: Option<&Path>,
+    cli: toml::Table,
+    sets: &[String],
+) -> anyhow::Result<C> {
+    let mut table = toml::Table::try_from(C::default())?;
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let user: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+        merge_toml(&mut table, user);
+    }
+    merge_toml(&mut table, cli);
+    for s in sets {
+        set_toml_key(&mut table, s)?;
+    }
+    let text = toml::to_string(&table)?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        anyhow::anyhow!("config: {msg}")
+    })
+}

@@ -94,15 +94,6 @@ pub struct Args {
 
 /// Defaults, then `--config`, then the flags, then `--set`.
 pub fn resolve_config(a: &Args) -> anyhow::Result<PretrainConfig> {
-    let mut table = toml::Table::try_from(PretrainConfig::default())?;
-    if let Some(path) = &a.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let user: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", path.display()))?;
-        common::merge_toml(&mut table, user);
-    }
     let mut cli = toml::Table::new();
     let mut put = |k: &str, v: Option<toml::Value>| {
         if let Some(v) = v {
@@ -143,20 +134,7 @@ pub fn resolve_config(a: &Args) -> anyhow::Result<PretrainConfig> {
     if !model.is_empty() {
         cli.insert("model".into(), model.into());
     }
-    common::merge_toml(&mut table, cli);
-    for s in &a.sets {
-        common::set_toml_key(&mut table, s)?;
-    }
-    // Through text, so a type error points at the offending key.
-    let text = toml::to_string(&table)?;
-    let cfg: PretrainConfig = toml::from_str(&text).map_err(|e| {
-        let msg = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        anyhow::anyhow!("config: {msg}")
-    })?;
+    let cfg: PretrainConfig = common::layered_config(a.config.as_deref(), cli, &a.sets)?;
     cfg.validate().context("config")?;
     Ok(cfg)
 }

@@ -45,15 +45,6 @@ pub struct TrainArgs {
 }
 
 pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let mut table: toml::Table = toml::Table::try_from(TrainConfig::default())?;
-    if let Some(path) = &a.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let user: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", path.display()))?;
-        common::merge_toml(&mut table, user);
-    }
     let mut cli = toml::Table::new();
     if let Some(m) = &a.model {
         cli.insert("model".into(), m.clone().into());
@@ -71,20 +62,7 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.run.strict {
         cli.insert("strict".into(), true.into());
     }
-    common::merge_toml(&mut table, cli);
-    for s in &a.sets {
-        common::set_toml_key(&mut table, s)?;
-    }
-    // Through text, so a type error points at the offending key's line.
-    let text = toml::to_string(&table)?;
-    let cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
-        let msg = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        anyhow::anyhow!("config: {msg}")
-    })?;
+    let cfg: TrainConfig = common::layered_config(a.config.as_deref(), cli, &a.sets)?;
     cfg.validate().context("config")?;
     Ok(cfg)
 }
