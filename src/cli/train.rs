@@ -261,10 +261,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     } else {
         cfg.templates.clone()
     };
+    let cupl = cfg
+        .templates_json
+        .as_deref()
+        .map(coft::method::zero_shot::read_templates_json)
+        .transpose()?;
     let (prompts, _) = coft::method::zero_shot::build_prompts(
         &classes,
         &templates,
-        None,
+        cupl.as_ref(),
         cfg.underscores_to_spaces,
     );
     let ids: Vec<Vec<Vec<u32>>> = prompts
@@ -282,6 +287,33 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         limits: DecodeLimits::default(),
     };
     let zs = coft::infer::embed_images(&clip, paths.clone(), &opts, |_| {});
+    // The Phase I models, each with its visual prompts and positive text prompts.
+    let (class_prompts, learners) =
+        pipeline::load_prompt_models(&a.run, &cfg, &clip, &classes, &device.clone().autodiff())?;
+    let mut phase1_preds = Vec::new();
+    for (m, learner) in learners.iter().enumerate() {
+        let mut progress = Progress::new(&format!("eval M{}", m + 1), paths.len());
+        let emb =
+            coft::method::phase2::embed_with_prompts(&clip, learner, paths.clone(), &opts, |d| {
+                progress.set(d)
+            });
+        progress.finish();
+        if emb.kept != kept {
+            bail!("M{} read different images than F1/F2", m + 1);
+        }
+        let view = coft::method::phase2::model_view(&clip, &class_prompts, learner, &emb, &device);
+        phase1_preds.push(view.labels);
+    }
+    let hit = |labels: &[usize]| -> f64 {
+        let (mut right, mut n) = (0, 0);
+        for (r, &i) in kept.iter().enumerate() {
+            if let Some(t) = truth[i] {
+                n += 1;
+                right += usize::from(labels[r] == t);
+            }
+        }
+        100.0 * right as f64 / n.max(1) as f64
+    };
     let n = zs.kept.len();
     let v: Tensor<2> = Tensor::from_data(TensorData::new(zs.data, [n, zs.dim]), &device);
     let zp = to_vec(coft::method::zero_shot::probabilities(
@@ -291,6 +323,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     ));
     let rows = [
         ("zero-shot", acc(&|r| zp[r * c..(r + 1) * c].to_vec())),
+        ("M1", hit(&phase1_preds[0])),
+        ("M2", hit(&phase1_preds[1])),
         ("F1", acc(&|r| probs[0][r * c..(r + 1) * c].to_vec())),
         ("F2", acc(&|r| probs[1][r * c..(r + 1) * c].to_vec())),
         (

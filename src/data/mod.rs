@@ -6,4 +6,5 @@ pub mod decode;
 pub mod loader;
 pub mod scan;
 pub mod shared;
+pub mod shift;
 pub mod source;

@@ -191,6 +191,14 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
     let (clip, _) = crate::clip::weights::load_model(&cfg.model, &hooks.device)
         .with_context(|| format!("loading model {}", cfg.model))?;
     let tokenizer = Tokenizer::new()?;
+    // Checked before any work: the learnable context must fit the text tower.
+    let class_prompts = ClassPrompts::new(
+        &tokenizer,
+        &display_names(&ds.classes, cfg.underscores_to_spaces),
+        cfg.prompts.n_ctx,
+        clip.config.text.context_length,
+    )
+    .map_err(anyhow::Error::msg)?;
     // METHOD.md's training augmentation: random resized crop + flip, seeded per sample.
     let augmentation =
         crate::data::augment::crop_flip(clip.config.vision.image_size as u32, cfg.crop_scale_min)
@@ -306,12 +314,6 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
     }
 
     // Phase I: two models, different seeds.
-    let class_prompts = ClassPrompts::new(
-        &tokenizer,
-        &display_names(&ds.classes, cfg.underscores_to_spaces),
-        cfg.prompts.n_ctx,
-        clip.config.text.context_length,
-    );
     let mut learners = Vec::new();
     for m in 0..2 {
         let name = format!("m{}", m + 1);
@@ -496,6 +498,36 @@ pub fn build_classifier(
     } else {
         model
     })
+}
+
+/// The two Phase I models of a run (their last checkpoints) and the class prompts they use.
+/// `device` must be an autodiff device (the learners' parameters are trainable).
+pub fn load_prompt_models(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    clip: &Clip,
+    classes: &[String],
+    device: &Device,
+) -> anyhow::Result<(ClassPrompts, Vec<PromptLearner>)> {
+    let tokenizer = Tokenizer::new()?;
+    let prompts = ClassPrompts::new(
+        &tokenizer,
+        &display_names(classes, cfg.underscores_to_spaces),
+        cfg.prompts.n_ctx,
+        clip.config.text.context_length,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for m in 1..=2 {
+        let stage = StageDir::new(run_dir.join("phase1").join(format!("m{m}")))?;
+        let path = stage.final_model_path()?;
+        let fresh = PromptLearner::init(clip, classes.len(), &cfg.prompts, 0, device);
+        out.push(
+            crate::train::load_module(&path, fresh)
+                .with_context(|| format!("loading {}", path.display()))?,
+        );
+    }
+    Ok((prompts, out))
 }
 
 /// Load the two fine-tuned classifiers of a finished run.

@@ -95,28 +95,36 @@ pub struct ClassPrompts {
 }
 
 impl ClassPrompts {
+    /// Fails when a placeholder prompt "X .. X {class}." (n_ctx X's, plus start and end
+    /// tokens) does not fit the text tower's context: the context would overwrite the class
+    /// name, so the error names the option to lower.
     pub fn new(
         tokenizer: &Tokenizer,
         classes: &[String],
         n_ctx: usize,
         context_length: usize,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let prefix = vec!["X"; n_ctx].join(" ");
-        let ids: Vec<Vec<u32>> = classes
-            .iter()
-            .map(|c| {
-                tokenizer.tokenize(
-                    &format!("{prefix} {}.", c.replace('_', " ")),
-                    context_length,
-                )
-            })
-            .collect();
+        let mut ids = Vec::with_capacity(classes.len());
+        for c in classes {
+            let text = format!("{prefix} {}.", c.replace('_', " "));
+            let needed = tokenizer.encode(&text).len() + 2;
+            if needed > context_length {
+                return Err(format!(
+                    "prompts.n_ctx: {n_ctx} context tokens leave no room for the class name \
+                     `{c}` ({needed} tokens with it, the model's text context holds \
+                     {context_length}); lower prompts.n_ctx to at most {}",
+                    (n_ctx + context_length).saturating_sub(needed)
+                ));
+            }
+            ids.push(tokenizer.tokenize(&text, context_length));
+        }
         let doubled: Vec<Vec<u32>> = ids.iter().chain(ids.iter()).cloned().collect();
-        Self {
+        Ok(Self {
             batch: TokenBatch::new(&ids),
             doubled: TokenBatch::new(&doubled),
             n_ctx,
-        }
+        })
     }
 }
 
