@@ -6,4 +6,5 @@ pub mod phase2;
 pub mod pipeline;
 pub mod prompts;
 pub mod pseudo_labels;
+pub mod templates;
 pub mod zero_shot;

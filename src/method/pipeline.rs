@@ -213,11 +213,21 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         } else {
             cfg.templates.clone()
         };
-        let cupl = cfg
-            .templates_json
-            .as_deref()
-            .map(zero_shot::read_templates_json)
-            .transpose()?;
+        let cupl = match cfg.templates_json.as_deref() {
+            Some(p) => {
+                let (map, missing) = zero_shot::load_templates_json(p, &ds.classes)?;
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        "{} class(es) have no sentences in {}, templates only: {}",
+                        missing.len(),
+                        p.display(),
+                        missing.join(", ")
+                    );
+                }
+                Some(map)
+            }
+            None => None,
+        };
         let (prompts, _) = zero_shot::build_prompts(
             &ds.classes,
             &templates,
