@@ -1,6 +1,7 @@
 //! The paper, stage by stage (METHOD.md). Only step 0 lives here so far.
 
 pub mod losses;
+pub mod moco;
 pub mod phase1;
 pub mod phase2;
 pub mod pipeline;
