@@ -219,8 +219,8 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
             Some(p) => {
                 let (map, missing) = zero_shot::load_templates_json(p, &ds.classes)?;
                 if !missing.is_empty() {
-                    tracing::warn!(
-                        "{} class(es) have no sentences in {}, templates only: {}",
+                    eprintln!(
+                        "warning: {} class(es) have no sentences in {}, templates only: {}",
                         missing.len(),
                         p.display(),
                         missing.join(", ")
