@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use coft::llm::{ChatClient, ChatConfig, LlmError, Message};
 
+mod common;
+
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 struct Req {
@@ -611,4 +613,41 @@ fn templates_json_changes_the_classifier_and_partial_files_warn() {
     assert!(o.status.success());
     let other = std::fs::read_to_string(&out).unwrap();
     assert_ne!(with, other, "the sentences must enter the class embeddings");
+}
+
+#[test]
+fn train_checks_templates_json_against_the_data_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_shapes(&dir.path().join("data"), 3, 1, 0.0, 0);
+    std::fs::write(
+        dir.path().join("t.json"),
+        r#"{"red": ["a red shape."], "purple": ["a purple shape."]}"#,
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    // A relative path, resolved against the working directory and stored absolute.
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            "--model",
+            fixtures().join("hf").to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--templates-json",
+            "t.json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("\"purple\"") && stderr.contains("not in the class list"),
+        "{stderr}"
+    );
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let abs = dir.path().join("t.json");
+    assert!(cfg.contains(abs.to_str().unwrap()), "{cfg}");
 }
