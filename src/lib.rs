@@ -6,6 +6,7 @@
 pub mod clip;
 pub mod data;
 pub mod infer;
+pub mod llm;
 pub mod method;
 pub mod pretrain;
 pub mod train;

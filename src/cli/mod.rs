@@ -6,6 +6,7 @@ mod common;
 mod data;
 mod embed;
 mod pretrain;
+mod templates;
 mod train;
 mod zero_shot;
 
@@ -38,6 +39,8 @@ enum Command {
     Data(data::Args),
     /// Pre-train a small CLIP from scratch on image-caption pairs (contrastive loss).
     Pretrain(Box<pretrain::Args>),
+    /// Class descriptions from a language model for --templates-json (CoFT+).
+    Templates(templates::Args),
     /// Benchmarks beside PyTorch on the same machine (prints tables).
     Bench(bench::Args),
 }
@@ -50,6 +53,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Data(a) => data::run(a),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Bench(a) => bench::run(a),
+        Command::Templates(a) => templates::run(a),
         Command::Train(a) => train::train(a),
         Command::Predict(a) => train::predict(a),
         Command::Eval(a) => train::eval(a),

@@ -37,8 +37,12 @@ pub struct TrainArgs {
     /// Top-K images per class in the high-confidence set.
     #[arg(long)]
     k: Option<usize>,
+    /// CuPL-style JSON `{"class": ["sentence", ...]}` (e.g. from `coft templates generate`)
+    /// ensembled with the templates in the zero-shot step.
+    #[arg(long, value_name = "FILE")]
+    templates_json: Option<PathBuf>,
     /// Continue an interrupted run from its last completed stage or epoch.
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "data", "out", "config"])]
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "data", "out", "config", "templates_json"])]
     resume: Option<PathBuf>,
     #[command(flatten)]
     run: RunOpts,
@@ -62,8 +66,23 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.run.strict {
         cli.insert("strict".into(), true.into());
     }
-    let cfg: TrainConfig = common::layered_config(a.config.as_deref(), cli, &a.sets)?;
+    if let Some(t) = &a.templates_json {
+        cli.insert(
+            "templates_json".into(),
+            t.to_string_lossy().into_owned().into(),
+        );
+    }
+    let mut cfg: TrainConfig = common::layered_config(a.config.as_deref(), cli, &a.sets)?;
     cfg.validate().context("config")?;
+    // Absolute, so that `--resume` and `eval` from another folder find the same file.
+    if let Some(t) = &cfg.templates_json {
+        let abs =
+            std::path::absolute(t).with_context(|| format!("templates_json: {}", t.display()))?;
+        if !abs.is_file() {
+            bail!("templates_json: {}: no such file", abs.display());
+        }
+        cfg.templates_json = Some(abs);
+    }
     Ok(cfg)
 }
 
@@ -264,8 +283,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let cupl = cfg
         .templates_json
         .as_deref()
-        .map(coft::method::zero_shot::read_templates_json)
-        .transpose()?;
+        .map(|p| coft::method::zero_shot::load_templates_json(p, &classes))
+        .transpose()
+        .context("the run's templates_json")?
+        .map(|(map, _)| map);
     let (prompts, _) = coft::method::zero_shot::build_prompts(
         &classes,
         &templates,

@@ -48,8 +48,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cupl = a
         .templates_json
         .as_deref()
-        .map(zero_shot::read_templates_json)
-        .transpose()?;
+        .map(|p| zero_shot::load_templates_json(p, &classes))
+        .transpose()?
+        .map(|(map, _)| map);
     let (prompts, missing) = zero_shot::build_prompts(&classes, &templates, cupl.as_ref(), false);
     if !missing.is_empty() {
         eprintln!(

@@ -27,6 +27,63 @@ pub enum HeadInit {
     Random,
 }
 
+/// `phase2` in the run config: the optimisation settings (the same keys as `phase1`) and the
+/// `moco` section (CoFT+ momentum contrast). Dereferences to its [`OptimConfig`], so code
+/// that only optimises reads it as one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Phase2Config {
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    pub moco: super::moco::MocoConfig,
+}
+
+impl Default for Phase2Config {
+    fn default() -> Self {
+        OptimConfig::phase2_default().into()
+    }
+}
+
+impl From<OptimConfig> for Phase2Config {
+    fn from(optim: OptimConfig) -> Self {
+        Self {
+            optim,
+            moco: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Phase2Config {
+    type Target = OptimConfig;
+    fn deref(&self) -> &OptimConfig {
+        &self.optim
+    }
+}
+
+impl std::ops::DerefMut for Phase2Config {
+    fn deref_mut(&mut self) -> &mut OptimConfig {
+        &mut self.optim
+    }
+}
+
+/// By hand rather than `#[serde(flatten)]`, which would silently accept unknown keys: `moco`
+/// (optional, defaults) is taken out and the rest must be exactly an [`OptimConfig`].
+impl<'de> Deserialize<'de> for Phase2Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let moco = match table.remove("moco") {
+            Some(v) => v
+                .try_into()
+                .map_err(|e: toml::de::Error| D::Error::custom(format!("moco: {}", e.message())))?,
+            None => Default::default(),
+        };
+        let optim = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        Ok(Self { optim, moco })
+    }
+}
+
 /// An image encoder with a linear head over its normalised embedding.
 #[derive(Module, Debug)]
 pub struct Classifier {

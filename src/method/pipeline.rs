@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::phase1::{to_host, train_phase1, LabeledSet, OptimConfig, StageEnv, StageProgress};
 use super::phase2::{
-    collaborative_filter_views, embed_with_prompts, full_finetune, model_view, Classifier, HeadInit,
+    collaborative_filter_views, embed_with_prompts, full_finetune, model_view, Classifier,
+    HeadInit, Phase2Config,
 };
 use super::prompts::{ClassPrompts, PromptConfig, PromptLearner};
 use super::pseudo_labels::{self, argmax_rows, select_top_k, PseudoLabel};
@@ -57,7 +58,7 @@ pub struct TrainConfig {
     /// Weight of L2 in Phase I.
     pub lambda: f64,
     pub phase1: OptimConfig,
-    pub phase2: OptimConfig,
+    pub phase2: Phase2Config,
     pub head_init: HeadInit,
     pub freeze_stem: bool,
     /// Batch size of inference passes (labelling, evaluation).
@@ -86,7 +87,7 @@ impl Default for TrainConfig {
             prompts: PromptConfig::default(),
             lambda: 1.0,
             phase1: OptimConfig::phase1_default(),
-            phase2: OptimConfig::phase2_default(),
+            phase2: Phase2Config::default(),
             head_init: HeadInit::Prompts,
             freeze_stem: false,
             infer_batch_size: 64,
@@ -108,7 +109,8 @@ impl TrainConfig {
         if self.k == 0 {
             bail!("k: must be at least 1");
         }
-        for (name, o) in [("phase1", &self.phase1), ("phase2", &self.phase2)] {
+        self.phase2.moco.validate().map_err(anyhow::Error::msg)?;
+        for (name, o) in [("phase1", &self.phase1), ("phase2", &*self.phase2)] {
             if o.lr <= 0.0 || !o.lr.is_finite() {
                 bail!("{name}.lr: must be > 0, got {}", o.lr);
             }
@@ -221,11 +223,21 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         } else {
             cfg.templates.clone()
         };
-        let cupl = cfg
-            .templates_json
-            .as_deref()
-            .map(zero_shot::read_templates_json)
-            .transpose()?;
+        let cupl = match cfg.templates_json.as_deref() {
+            Some(p) => {
+                let (map, missing) = zero_shot::load_templates_json(p, &ds.classes)?;
+                if !missing.is_empty() {
+                    eprintln!(
+                        "warning: {} class(es) have no sentences in {}, templates only: {}",
+                        missing.len(),
+                        p.display(),
+                        missing.join(", ")
+                    );
+                }
+                Some(map)
+            }
+            None => None,
+        };
         let (prompts, _) = zero_shot::build_prompts(
             &ds.classes,
             &templates,
@@ -440,7 +452,20 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
             transform: &augment,
             progress: &mut progress,
         };
-        full_finetune(model, &clean, &cfg.phase2, seed, &stage, &mut env)?;
+        if cfg.phase2.moco.enabled {
+            let data = super::moco::all_of_u(&rows, &ds.root);
+            super::moco::phase2_with_moco(
+                model,
+                &data,
+                &cfg.phase2,
+                seed,
+                &stage,
+                &mut env,
+                &hooks.device,
+            )?;
+        } else {
+            full_finetune(model, &clean, &cfg.phase2, seed, &stage, &mut env)?;
+        }
     }
 
     // Final classifier: what `predict` loads.

@@ -134,6 +134,60 @@ pub fn read_templates_json(
     })
 }
 
+/// A CuPL file checked against the class list: every entry needs at least one non-blank
+/// sentence, and every key must name a class (exactly, or ignoring case and underscores);
+/// both are errors naming the classes. Returns the map and the classes the file does not
+/// cover (callers warn: those classes use the templates only).
+#[allow(clippy::type_complexity)]
+pub fn load_templates_json(
+    path: &std::path::Path,
+    classes: &[String],
+) -> Result<(std::collections::BTreeMap<String, Vec<String>>, Vec<String>), PromptFileError> {
+    let map = read_templates_json(path)?;
+    let err = |message: String| PromptFileError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    if map.is_empty() {
+        return Err(err(
+            "no classes (expected {\"class name\": [\"sentence\", ...]})".into(),
+        ));
+    }
+    let empty: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| v.iter().all(|s| s.trim().is_empty()))
+        .map(|(k, _)| format!("{k:?}"))
+        .collect();
+    if !empty.is_empty() {
+        return Err(err(format!(
+            "{} class(es) have no sentences: {}",
+            empty.len(),
+            empty.join(", ")
+        )));
+    }
+    let key = |s: &str| readable(s).to_lowercase();
+    let known: std::collections::HashSet<String> = classes.iter().map(|c| key(c)).collect();
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| !classes.contains(k) && !known.contains(&key(k)))
+        .map(|k| format!("{k:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err(format!(
+            "{} name(s) are not in the class list: {}",
+            unknown.len(),
+            unknown.join(", ")
+        )));
+    }
+    let covered: std::collections::HashSet<String> = map.keys().map(|k| key(k)).collect();
+    let missing = classes
+        .iter()
+        .filter(|c| !map.contains_key(*c) && !covered.contains(&key(c)))
+        .cloned()
+        .collect();
+    Ok((map, missing))
+}
+
 /// How a class name reads inside a sentence: CoOp's convention, underscores become spaces.
 pub fn readable(class: &str) -> String {
     class.replace('_', " ")
@@ -186,6 +240,36 @@ mod tests {
         assert_eq!(e.0, 3);
         assert!(e.1.contains("line 1"));
         assert!(parse_classes("\n").is_err());
+    }
+
+    #[test]
+    fn cupl_files_are_checked_against_the_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.json");
+        let classes = vec!["yin_yang".to_string(), "dog".to_string(), "cat".to_string()];
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            load_templates_json(&p, &classes).map_err(|e| e.to_string())
+        };
+        let (map, missing) = load(r#"{"Yin Yang": ["a symbol."], "dog": ["a dog."]}"#).unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(missing, vec!["cat"]);
+        let e = load(r#"{"dog": [], "cat": ["  "], "yin_yang": ["x"]}"#).unwrap_err();
+        assert!(
+            e.contains("no sentences") && e.contains("\"dog\"") && e.contains("\"cat\""),
+            "{e}"
+        );
+        let e = load(r#"{"dog": ["a dog."], "wolf": ["a wolf."], "fox": ["f"]}"#).unwrap_err();
+        assert!(
+            e.contains("not in the class list") && e.contains("\"wolf\"") && e.contains("\"fox\""),
+            "{e}"
+        );
+        let e = load(r#"{"dog": "a dog."}"#).unwrap_err();
+        assert!(e.contains("expected"), "{e}");
+        let e = load("{").unwrap_err();
+        assert!(e.contains("t.json"), "{e}");
+        let e = load_templates_json(&dir.path().join("none.json"), &classes).unwrap_err();
+        assert!(e.to_string().contains("none.json"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,599 @@
+//! CoFT+ addition 2 (METHOD.md): momentum contrastive learning during Phase II.
+//!
+//! - [`contrastive_loss`]: MoCo's InfoNCE, cross-entropy over `[q.k, q.queue] / tau'` with the
+//!   positive at index 0; gradients reach `q` only.
+//! - [`Queue`]: a fixed-capacity ring buffer of past keys, saved in checkpoints.
+//! - [`ema_update`]: `theta_m <- mu theta_m + (1 - mu) theta` over every float parameter.
+//! - [`moco_finetune`]: the Phase II epoch loop with both losses, `L = L_FFT + gamma L_cont`,
+//!   batches from all of U (cross-entropy on the batch's clean samples, contrastive on all),
+//!   two views per image; the momentum encoder and the queue are checkpointed with every
+//!   epoch, so a resumed run continues exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::phase1::{count_correct, to_host, OptimConfig, StageEnv, StageProgress};
+use super::phase2::Classifier;
+use crate::clip::model::l2_normalize;
+use crate::clip::vision::VisionTower;
+use crate::data::loader::{epoch_order, load_batches, LoaderConfig, Transform};
+use crate::train::stage::StageDir;
+use crate::train::{HostData, MetricsWriter, NamedTensors, Optimizer, TrainError};
+
+/// `phase2.moco` in the run config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoConfig {
+    /// Train Phase II with the contrastive loss (CoFT+; off for CoFT).
+    pub enabled: bool,
+    /// EMA coefficient mu of the momentum encoder.
+    pub momentum: f64,
+    /// Keys kept as negatives.
+    pub queue_size: usize,
+    /// tau' of the contrastive loss.
+    pub temperature: f64,
+    /// Weight of the contrastive loss: `L = L_FFT + gamma L_cont`.
+    pub gamma: f64,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            momentum: 0.999,
+            queue_size: 8192,
+            temperature: 0.2,
+            gamma: 1.0,
+        }
+    }
+}
+
+impl MocoConfig {
+    /// Problems name the option (`phase2.moco.<key>`).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(format!(
+                "phase2.moco.momentum: must be in [0, 1], got {}",
+                self.momentum
+            ));
+        }
+        if self.queue_size == 0 {
+            return Err("phase2.moco.queue_size: must be at least 1".into());
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "phase2.moco.temperature: must be > 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
+            return Err(format!(
+                "phase2.moco.gamma: must be >= 0, got {}",
+                self.gamma
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// MoCo's contrastive loss for L2-normalised queries `q [B, D]`, their keys `k [B, D]` and
+/// the queued keys `[Q, D]` (`None` or `Q = 0`: no negatives yet, the loss is 0):
+/// `mean_b -log(exp(q.k/tau) / (exp(q.k/tau) + sum_queue exp(q.k'/tau)))`, computed as the
+/// cross-entropy of the logits `[q.k, q.queue] / tau` against index 0. `k` and the queue are
+/// detached: the gradient reaches `q` only.
+pub fn contrastive_loss(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    queue: Option<Tensor<2>>,
+    tau: f64,
+) -> Tensor<1> {
+    let [b, _] = q.dims();
+    let k = k.detach();
+    let l_pos = (q.clone() * k).sum_dim(1); // [B, 1]
+    let logits = match queue {
+        Some(queue) if queue.dims()[0] > 0 => {
+            let l_neg = q.matmul(queue.detach().transpose()); // [B, Q]
+            Tensor::cat(vec![l_pos, l_neg], 1)
+        }
+        _ => l_pos,
+    };
+    let logp = log_softmax(logits / tau, 1);
+    logp.narrow(1, 0, 1).reshape([b]).mean().neg()
+}
+
+/// Errors of the MoCo state: a queue or momentum encoder that does not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum MocoError {
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("momentum encoder: {0}")]
+    Structure(String),
+}
+
+impl From<MocoError> for TrainError {
+    fn from(e: MocoError) -> Self {
+        TrainError::Mismatch {
+            context: "moco".into(),
+            problems: vec![e.to_string()],
+        }
+    }
+}
+
+/// A fixed-capacity ring buffer of keys (rows of `dim` floats), MoCo's dictionary.
+///
+/// It starts empty and only the filled part is used as negatives. MoCo initialises its queue
+/// with random unit vectors instead; with `Q = 8192` such vectors, nearly orthogonal to any
+/// query, every step's denominator would carry ~8192 `exp(0)` terms of noise until the queue
+/// has turned over, which drowns the real negatives in a short fine-tuning run. Starting
+/// empty also keeps the state fully determined by the data (nothing random to checkpoint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queue {
+    capacity: usize,
+    dim: usize,
+    /// `capacity * dim` floats; slots `0..len` are filled.
+    data: Vec<f32>,
+    len: usize,
+    /// The slot the next key goes to.
+    ptr: usize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, dim: usize) -> Result<Self, MocoError> {
+        if capacity == 0 || dim == 0 {
+            return Err(MocoError::Queue(format!(
+                "capacity ({capacity}) and dim ({dim}) must be at least 1"
+            )));
+        }
+        Ok(Self {
+            capacity,
+            dim,
+            data: vec![0.0; capacity * dim],
+            len: 0,
+            ptr: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add rows (`keys.len()` a multiple of `dim`), overwriting the oldest once full. More
+    /// rows than the capacity keep only the last `capacity`.
+    pub fn enqueue(&mut self, keys: &[f32]) -> Result<(), MocoError> {
+        if !keys.len().is_multiple_of(self.dim) {
+            return Err(MocoError::Queue(format!(
+                "{} values are not rows of {}",
+                keys.len(),
+                self.dim
+            )));
+        }
+        let rows = keys.len() / self.dim;
+        let skip = rows.saturating_sub(self.capacity);
+        for row in keys.chunks_exact(self.dim).skip(skip) {
+            let at = self.ptr * self.dim;
+            self.data[at..at + self.dim].copy_from_slice(row);
+            self.ptr = (self.ptr + 1) % self.capacity;
+            self.len = (self.len + 1).min(self.capacity);
+        }
+        Ok(())
+    }
+
+    /// The filled slots in storage order (`[len, dim]`, row-major): what the loss uses.
+    pub fn keys(&self) -> &[f32] {
+        &self.data[..self.len * self.dim]
+    }
+
+    /// The keys from oldest to newest.
+    pub fn oldest_first(&self) -> Vec<f32> {
+        if self.len < self.capacity {
+            return self.keys().to_vec();
+        }
+        let at = self.ptr * self.dim;
+        let mut out = self.data[at..].to_vec();
+        out.extend_from_slice(&self.data[..at]);
+        out
+    }
+
+    /// The filled part as a `[len, dim]` tensor; `None` while empty.
+    pub fn tensor(&self, device: &Device) -> Option<Tensor<2>> {
+        (self.len > 0).then(|| {
+            Tensor::from_data(
+                TensorData::new(self.keys().to_vec(), [self.len, self.dim]),
+                device,
+            )
+        })
+    }
+
+    /// Named tensors and metadata for a checkpoint (keys under `{prefix}keys`).
+    pub fn to_checkpoint(
+        &self,
+        prefix: &str,
+    ) -> (
+        Vec<(String, HostData)>,
+        std::collections::BTreeMap<String, String>,
+    ) {
+        let tensors = vec![(
+            format!("{prefix}keys"),
+            HostData::new(vec![self.len, self.dim], self.keys().to_vec()),
+        )];
+        // One metadata entry: safetensors keeps metadata in a hash map, so several entries
+        // would come out in a random order and identical states in different bytes.
+        let state = serde_json::json!({"capacity": self.capacity, "ptr": self.ptr});
+        let meta = [(format!("{prefix}state"), state.to_string())]
+            .into_iter()
+            .collect();
+        (tensors, meta)
+    }
+
+    /// The inverse of [`to_checkpoint`](Self::to_checkpoint).
+    pub fn from_checkpoint(
+        prefix: &str,
+        tensors: &NamedTensors,
+        meta: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, MocoError> {
+        let k = format!("{prefix}state");
+        let state: serde_json::Value = meta
+            .get(&k)
+            .ok_or_else(|| MocoError::Queue(format!("metadata {k:?} (capacity, ptr) missing")))
+            .and_then(|v| {
+                serde_json::from_str(v)
+                    .map_err(|e| MocoError::Queue(format!("metadata {k:?}: {e}")))
+            })?;
+        let num = |key: &str| -> Result<usize, MocoError> {
+            state[key]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| MocoError::Queue(format!("metadata {k:?}: no count {key:?}")))
+        };
+        let (capacity, ptr) = (num("capacity")?, num("ptr")?);
+        let name = format!("{prefix}keys");
+        let keys = tensors
+            .get(&name)
+            .ok_or_else(|| MocoError::Queue(format!("tensor {name:?} missing")))?;
+        let [len, dim] = keys.shape[..] else {
+            return Err(MocoError::Queue(format!(
+                "tensor {name:?} has shape {:?}, expected [len, dim]",
+                keys.shape
+            )));
+        };
+        let mut q = Self::new(capacity, dim)?;
+        if len > capacity || ptr >= capacity || (len < capacity && ptr != len) {
+            return Err(MocoError::Queue(format!(
+                "inconsistent state: {len} keys, capacity {capacity}, next slot {ptr}"
+            )));
+        }
+        q.data[..len * dim].copy_from_slice(&keys.data);
+        q.len = len;
+        q.ptr = ptr;
+        Ok(q)
+    }
+
+    /// Save alone to a safetensors file (atomically).
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let (t, m) = self.to_checkpoint("");
+        crate::train::save_tensors_with_metadata(path, &t, &m)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let (t, m) = crate::train::load_tensors_with_metadata(path)?;
+        Self::from_checkpoint("", &t, &m).map_err(|e| TrainError::InFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// `theta_m <- mu theta_m + (1 - mu) theta` for every float parameter, matched by visit
+/// order (the two modules must have the same structure). The result carries no autodiff:
+/// the momentum model never receives gradients, whatever device `model` trains on.
+pub fn ema_update<M: Module>(momentum: M, model: &M, mu: f64) -> Result<M, MocoError> {
+    struct Collect(Vec<(Vec<usize>, Tensor<1>)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val().inner();
+            let dims = t.dims().to_vec();
+            let n = dims.iter().product::<usize>();
+            self.0.push((dims, t.reshape([n])));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+
+    struct Ema {
+        src: std::vec::IntoIter<(Vec<usize>, Tensor<1>)>,
+        mu: f64,
+        problem: Option<String>,
+        index: usize,
+    }
+    impl ModuleMapper for Ema {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let i = self.index;
+            self.index += 1;
+            let Some((dims, theta)) = self.src.next() else {
+                self.problem
+                    .get_or_insert_with(|| format!("the model has fewer parameters ({i})"));
+                return param;
+            };
+            let mu = self.mu;
+            let problem = &mut self.problem;
+            param.map(|m| {
+                let m = m.inner();
+                if m.dims().as_slice() != dims.as_slice() {
+                    problem.get_or_insert_with(|| {
+                        format!("parameter {i}: shape {:?} vs {dims:?}", m.dims())
+                    });
+                    return m;
+                }
+                let device = m.device();
+                let theta: Tensor<D> = theta.reshape(m.dims()).to_device(&device);
+                m * mu + theta * (1.0 - mu)
+            })
+        }
+    }
+    let n = c.0.len();
+    let mut ema = Ema {
+        src: c.0.into_iter(),
+        mu,
+        problem: None,
+        index: 0,
+    };
+    let out = momentum.map(&mut ema);
+    if ema.index != n && ema.problem.is_none() {
+        ema.problem = Some(format!(
+            "the momentum model has {} parameters, the model {n}",
+            ema.index
+        ));
+    }
+    match ema.problem {
+        Some(p) => Err(MocoError::Structure(p)),
+        None => Ok(out),
+    }
+}
+
+/// Every image of U with the labeller's label and the validator's verdict.
+#[derive(Clone, Debug)]
+pub struct MocoSet {
+    pub paths: Vec<PathBuf>,
+    pub labels: Vec<usize>,
+    pub clean: Vec<bool>,
+}
+
+/// The momentum encoder and the queue, written before the epoch's `state.json` so that the
+/// epoch a resume restores always has them.
+fn moco_path(stage: &StageDir, epoch: usize) -> PathBuf {
+    stage.path(&format!("moco.e{epoch}.safetensors"))
+}
+
+fn save_moco_state(path: &Path, momentum: &VisionTower, queue: &Queue) -> Result<(), TrainError> {
+    let mut tensors: Vec<(String, HostData)> = crate::train::module_tensors(momentum)
+        .into_iter()
+        .map(|(n, t)| (format!("momentum.{n}"), t))
+        .collect();
+    let (qt, meta) = queue.to_checkpoint("queue.");
+    tensors.extend(qt);
+    crate::train::save_tensors_with_metadata(path, &tensors, &meta)
+}
+
+fn load_moco_state(path: &Path, momentum: VisionTower) -> Result<(VisionTower, Queue), TrainError> {
+    let (tensors, meta) = crate::train::load_tensors_with_metadata(path)?;
+    let sub: NamedTensors = tensors
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("momentum.")
+                .map(|n| (n.to_string(), v.clone()))
+        })
+        .collect();
+    let momentum = crate::train::load_module_tensors(momentum, &sub).map_err(|e| match e {
+        TrainError::Mismatch { problems, .. } => TrainError::Mismatch {
+            context: path.display().to_string(),
+            problems,
+        },
+        other => other,
+    })?;
+    let queue =
+        Queue::from_checkpoint("queue.", &tensors, &meta).map_err(|e| TrainError::InFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    Ok((momentum, queue))
+}
+
+/// Phase II with momentum contrast (METHOD.md CoFT+ 2), resumable per epoch like
+/// [`crate::method::phase1::run_epochs`]. Each epoch visits all of `data` in a seeded order;
+/// `views(epoch, view)` gives the augmentation of the query (view 0) and key (view 1). The
+/// query view goes through the trained encoder (cross-entropy on the batch's clean samples
+/// and the contrastive query), the key view through the momentum encoder, a copy of
+/// `model.vision` as given, on `key_device` (no autodiff), updated by EMA after every step.
+/// [decision] The cross-entropy uses the query view (MoCo v2 augmentation) rather than a
+/// third, crop-and-flip view: one forward pass of the trained encoder per step.
+#[allow(clippy::too_many_arguments)]
+pub fn moco_finetune(
+    model: Classifier,
+    data: &MocoSet,
+    optim: &OptimConfig,
+    moco: &MocoConfig,
+    seed: u64,
+    stage: &StageDir,
+    env: &mut StageEnv<'_>,
+    views: &dyn Fn(u64, u64) -> Arc<Transform>,
+    key_device: &Device,
+) -> Result<Classifier, TrainError> {
+    let n = data.paths.len();
+    let s = model.vision.config.image_size;
+    let dim = model.head.weight.val().dims()[0];
+    let c = model.head.weight.val().dims()[1];
+    let bs = optim.batch_size.max(1);
+    let steps_per_epoch = n.div_ceil(bs).max(1);
+    let schedule = optim.schedule(steps_per_epoch);
+    let mut opt = Optimizer::new(optim.optimizer);
+    // The momentum encoder starts as the initial encoder (before any restore).
+    let momentum = model.vision.valid().to_device(key_device);
+    let (mut model, done) = stage.restore(model, &mut opt)?;
+    let (mut momentum, mut queue) = if done > 0 {
+        load_moco_state(&moco_path(stage, done), momentum)?
+    } else {
+        (momentum, Queue::new(moco.queue_size, dim)?)
+    };
+    let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
+    let train_device = env.device.clone();
+    for epoch in done..optim.epochs {
+        let order = epoch_order(n, seed, epoch as u64);
+        let paths = Arc::new(
+            order
+                .iter()
+                .map(|&i| data.paths[i].clone())
+                .collect::<Vec<_>>(),
+        );
+        let cfg = || LoaderConfig {
+            batch_size: bs,
+            prefetch: 2,
+            image_size: s,
+            limits: env.limits,
+        };
+        let (rx_q, hq) = load_batches(paths.clone(), cfg(), views(epoch as u64, 0));
+        let (rx_k, hk) = load_batches(paths, cfg(), views(epoch as u64, 1));
+        let (mut loss_sum, mut ce_sum, mut cont_sum) = (0.0, 0.0, 0.0);
+        let (mut correct, mut seen, mut clean_seen) = (0usize, 0usize, 0usize);
+        for (step_in_epoch, (bq, bk)) in rx_q.into_iter().zip(rx_k).enumerate() {
+            if bq.indices != bk.indices {
+                return Err(TrainError::Mismatch {
+                    context: "moco".into(),
+                    problems: vec!["the two views read different images".into()],
+                });
+            }
+            let b = bq.indices.len();
+            if b == 0 {
+                continue;
+            }
+            let idx: Vec<usize> = bq.indices.iter().map(|&j| order[j]).collect();
+            let labels: Vec<usize> = idx.iter().map(|&i| data.labels[i]).collect();
+            let mask: Vec<bool> = idx.iter().map(|&i| data.clean[i]).collect();
+            let n_clean = mask.iter().filter(|&&m| m).count();
+            let px_q: Tensor<4> =
+                Tensor::from_data(TensorData::new(bq.pixels, [b, 3, s, s]), &train_device);
+            let px_k: Tensor<4> =
+                Tensor::from_data(TensorData::new(bk.pixels, [b, 3, s, s]), key_device);
+
+            // Query: the trained encoder; its normalised embedding feeds the head.
+            let v = l2_normalize(model.vision.forward(px_q, None));
+            let logits = model.head.forward(v.clone());
+            let target: Vec<f32> = labels
+                .iter()
+                .zip(&mask)
+                .flat_map(|(&y, &m)| (0..c).map(move |j| if m && j == y { 1.0 } else { 0.0 }))
+                .collect();
+            let target: Tensor<2> =
+                Tensor::from_data(TensorData::new(target, [b, c]), &train_device);
+            let ce = (log_softmax(logits.clone(), 1) * target)
+                .sum()
+                .neg()
+                .div_scalar(n_clean.max(1) as f64);
+            let clean_rows: Vec<i64> = (0..b).filter(|&r| mask[r]).map(|r| r as i64).collect();
+            if !clean_rows.is_empty() {
+                let rows = Tensor::<1, Int>::from_data(
+                    TensorData::new(clean_rows.clone(), [clean_rows.len()]),
+                    &train_device,
+                );
+                let clean_labels: Vec<usize> =
+                    (0..b).filter(|&r| mask[r]).map(|r| labels[r]).collect();
+                correct += count_correct(logits.select(0, rows), &clean_labels);
+            }
+
+            // Key: the momentum encoder, no gradients.
+            let k_host = to_host(l2_normalize(momentum.forward(px_k, None)));
+            let k: Tensor<2> =
+                Tensor::from_data(TensorData::new(k_host.clone(), [b, dim]), &train_device);
+            let cont = contrastive_loss(v, k, queue.tensor(&train_device), moco.temperature);
+
+            let loss = ce.clone() + cont.clone() * moco.gamma;
+            let mut grads = loss.backward();
+            let lv = f64::from(to_host(loss.inner())[0]);
+            ce_sum += f64::from(to_host(ce.inner())[0]) * n_clean as f64;
+            cont_sum += f64::from(to_host(cont.inner())[0]) * b as f64;
+            loss_sum += lv * b as f64;
+            seen += b;
+            clean_seen += n_clean;
+            let step = epoch * steps_per_epoch + step_in_epoch;
+            model = opt.step(model, &mut grads, schedule.lr(step));
+            momentum = ema_update(momentum, &model.vision, moco.momentum)?;
+            queue.enqueue(&k_host)?;
+            (env.progress)(StageProgress {
+                epoch,
+                epochs: optim.epochs,
+                step_in_epoch: step_in_epoch + 1,
+                steps_per_epoch,
+                loss: lv,
+                epoch_summary: None,
+            });
+        }
+        let _ = hq.join();
+        let _ = hk.join();
+        let seen_f = seen.max(1) as f64;
+        let mean_loss = loss_sum / seen_f;
+        let acc = correct as f64 / clean_seen.max(1) as f64;
+        // The MoCo state first: state.json (written by save_epoch) commits the epoch.
+        save_moco_state(&moco_path(stage, epoch + 1), &momentum, &queue)?;
+        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &opt)?;
+        for old in 1..=epoch {
+            let _ = std::fs::remove_file(moco_path(stage, old));
+        }
+        metrics.write(&serde_json::json!({
+            "stage": "phase2", "epoch": epoch + 1, "loss": mean_loss,
+            "loss_ce": ce_sum / clean_seen.max(1) as f64, "loss_cont": cont_sum / seen_f,
+            "train_acc": acc, "lr": schedule.lr((epoch + 1) * steps_per_epoch - 1),
+            "images": seen, "clean_images": clean_seen, "queue": queue.len(),
+        }))?;
+        (env.progress)(StageProgress {
+            epoch,
+            epochs: optim.epochs,
+            step_in_epoch: steps_per_epoch,
+            steps_per_epoch,
+            loss: mean_loss,
+            epoch_summary: Some((mean_loss, acc)),
+        });
+    }
+    stage.mark_done()?;
+    Ok(model)
+}
+
+/// Every row of a Phase II set file as a [`MocoSet`] (paths joined to `root`).
+pub fn all_of_u(rows: &[crate::method::pseudo_labels::PseudoLabel], root: &Path) -> MocoSet {
+    MocoSet {
+        paths: rows.iter().map(|r| root.join(&r.path)).collect(),
+        labels: rows.iter().map(|r| r.label).collect(),
+        clean: rows.iter().map(|r| r.clean == Some(true)).collect(),
+    }
+}
+
+/// [`moco_finetune`] with MoCo v2's augmentation for both views, seeded by `seed`.
+pub fn phase2_with_moco(
+    model: Classifier,
+    data: &MocoSet,
+    cfg: &super::phase2::Phase2Config,
+    seed: u64,
+    stage: &StageDir,
+    env: &mut StageEnv<'_>,
+    key_device: &Device,
+) -> Result<Classifier, TrainError> {
+    let aug = crate::data::augment::moco_v2(model.vision.config.image_size as u32);
+    let views = move |epoch: u64, view: u64| {
+        crate::data::augment::transform(aug.clone(), seed, epoch, view)
+    };
+    moco_finetune(
+        model, data, &cfg.optim, &cfg.moco, seed, stage, env, &views, key_device,
+    )
+}
