@@ -235,12 +235,12 @@ fn queue_saves_and_loads() {
 fn phase2_moco_config_section() {
     use coft::method::pipeline::TrainConfig;
     let mut cfg = TrainConfig::default();
-    assert!(!cfg.phase2.moco.enabled);
+    assert_eq!(cfg.phase2.moco.enabled, None);
     assert_eq!(cfg.phase2.moco.queue_size, 8192);
     assert_eq!(cfg.phase2.moco.momentum, 0.999);
     assert_eq!(cfg.phase2.moco.temperature, 0.2);
     assert_eq!(cfg.phase2.moco.gamma, 1.0);
-    cfg.phase2.moco.enabled = true;
+    cfg.phase2.moco.enabled = Some(true);
     cfg.phase2.moco.queue_size = 64;
     cfg.phase2.epochs = 3;
     let text = toml::to_string_pretty(&cfg).unwrap();
@@ -254,7 +254,7 @@ fn phase2_moco_config_section() {
     p2.insert("epochs".into(), 4.into());
     let old: TrainConfig = toml::Value::Table(table).try_into().unwrap();
     assert_eq!(old.phase2.epochs, 4);
-    assert!(!old.phase2.moco.enabled);
+    assert_eq!(old.phase2.moco.enabled, None);
     for bad in [
         "[phase2]\nepochs = 4\nbogus = 1\n",
         "[phase2.moco]\nqueue = 3\n",

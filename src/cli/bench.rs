@@ -26,6 +26,9 @@ enum What {
     Decode(DecodeArgs),
     /// Phase I and Phase II training steps at ViT shapes: step time, images/s, peak memory.
     Train(super::bench_train::TrainBenchArgs),
+    /// The method benchmark: a CLIP pre-trained here, a shifted CIFAR-10 task, every method
+    /// beside zero-shot and the oracle (issue 6's protocol).
+    Method(super::bench_method::MethodBenchArgs),
     /// Internal: one measurement in this process, printed as JSON.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -117,6 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Embed(e) => embed(e),
         What::Decode(d) => decode(d),
         What::Train(t) => super::bench_train::run(t),
+        What::Method(m) => super::bench_method::run(m),
         What::Worker(w) => worker(w),
         What::DecodeWorker(w) => decode_worker(w),
     }

@@ -15,9 +15,18 @@ use super::common::{self, Progress, RunOpts};
 
 #[derive(ClapArgs, Debug)]
 pub struct TrainArgs {
-    /// Method: coft.
-    #[arg(long, default_value = "coft")]
-    method: String,
+    /// Method: coft, coft+ (rounds, MoCo), or a baseline: self-training, upl, oracle.
+    #[arg(long)]
+    method: Option<String>,
+    /// CoFT+ rounds of Phase I (default 3).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Semi-supervised: CSV of path,label (class name); those images keep their true labels.
+    #[arg(long, value_name = "CSV")]
+    labeled: Option<PathBuf>,
+    /// Distillation: step 0 and Phase I with this model, Phase II fine-tunes --model.
+    #[arg(long, value_name = "MODEL")]
+    teacher_model: Option<String>,
     #[arg(long)]
     model: Option<String>,
     /// Data spec (see README): the train split (or all images) is the unlabeled pool U.
@@ -62,7 +71,22 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(k) = a.k {
         cli.insert("k".into(), (k as i64).into());
     }
-    cli.insert("method".into(), a.method.replace('+', "_plus").into());
+    if let Some(m) = &a.method {
+        cli.insert(
+            "method".into(),
+            m.replace('+', "_plus").replace('-', "_").into(),
+        );
+    }
+    if let Some(r) = a.rounds {
+        cli.insert("rounds".into(), (r as i64).into());
+    }
+    if let Some(l) = &a.labeled {
+        let abs = std::path::absolute(l).with_context(|| format!("--labeled {}", l.display()))?;
+        cli.insert("labeled".into(), abs.to_string_lossy().into_owned().into());
+    }
+    if let Some(t) = &a.teacher_model {
+        cli.insert("teacher_model".into(), t.clone().into());
+    }
     if a.run.strict {
         cli.insert("strict".into(), true.into());
     }
@@ -95,7 +119,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         || resolve_config(&a),
     )?;
     let bar: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
+    // Wall time per stage, kept in the run directory (appended to on resume).
+    let stages: std::cell::RefCell<Vec<(String, std::time::Instant)>> = Default::default();
     let mut on_stage = |name: &str, total: usize| {
+        stages
+            .borrow_mut()
+            .push((name.to_string(), std::time::Instant::now()));
         if let Some(p) = bar.borrow_mut().take() {
             p.finish();
         }
@@ -131,12 +160,39 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         on_progress: &mut on_progress,
         on_epoch: &mut on_epoch,
     };
-    pipeline::run(&cfg, &run_dir, &mut hooks)?;
+    let result = pipeline::run(&cfg, &run_dir, &mut hooks);
     if let Some(p) = bar.borrow_mut().take() {
         p.finish();
     }
+    write_timings(&run_dir, &stages.borrow())?;
+    result?;
     eprintln!("run finished: {}", run_dir.display());
     Ok(())
+}
+
+/// Appends this invocation's stage times to `RUN/timings.json`: `{"stages": [[name,
+/// seconds], ...], "peak_rss_mib": max over invocations}`.
+fn write_timings(run_dir: &Path, stages: &[(String, std::time::Instant)]) -> anyhow::Result<()> {
+    let path = run_dir.join("timings.json");
+    let mut doc: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({"stages": [], "peak_rss_mib": 0.0}));
+    let end = std::time::Instant::now();
+    let list = doc["stages"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut list = list;
+    for (i, (name, start)) in stages.iter().enumerate() {
+        let stop = stages.get(i + 1).map_or(end, |s| s.1);
+        list.push(serde_json::json!([name, (stop - *start).as_secs_f64()]));
+    }
+    let peak = super::bench::peak_rss_mib().max(doc["peak_rss_mib"].as_f64().unwrap_or(0.0));
+    doc["stages"] = list.into();
+    doc["peak_rss_mib"] = peak.into();
+    coft::util::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(ClapArgs, Debug)]
@@ -209,7 +265,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     w.write_record(&header)?;
     for (r, &i) in kept.iter().enumerate() {
         let p: Vec<f32> = (0..c)
-            .map(|j| (probs[0][r * c + j] + probs[1][r * c + j]) / 2.0)
+            .map(|j| probs.iter().map(|p| p[r * c + j]).sum::<f32>() / probs.len() as f32)
             .collect();
         let pred = super::zero_shot::argmax(&p);
         let mut rec = vec![
@@ -272,36 +328,11 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         100.0 * right as f64 / n.max(1) as f64
     };
     let mut report: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    // Zero-shot with the same templates as the run.
-    let (clip, _) = coft::clip::weights::load_model(&cfg.model, &device)?;
+    // Zero-shot with the same templates as the run, by the model that pseudo-labelled.
+    let (clip, _) = coft::clip::weights::load_model(cfg.phase1_model(), &device)?;
     let tokenizer = coft::clip::tokenizer::Tokenizer::new()?;
-    let templates = if cfg.templates.is_empty() {
-        ds.templates.clone()
-    } else {
-        cfg.templates.clone()
-    };
-    let cupl = cfg
-        .templates_json
-        .as_deref()
-        .map(|p| coft::method::zero_shot::load_templates_json(p, &classes))
-        .transpose()
-        .context("the run's templates_json")?
-        .map(|(map, _)| map);
-    let (prompts, _) = coft::method::zero_shot::build_prompts(
-        &classes,
-        &templates,
-        cupl.as_ref(),
-        cfg.underscores_to_spaces,
-    );
-    let ids: Vec<Vec<Vec<u32>>> = prompts
-        .iter()
-        .map(|p| {
-            p.iter()
-                .map(|s| tokenizer.tokenize(s, clip.config.text.context_length))
-                .collect()
-        })
-        .collect();
-    let t = coft::method::zero_shot::class_embeddings(&clip, &ids, 64);
+    let t = pipeline::zero_shot_classifier(&cfg, &clip, &classes, &ds.templates, &tokenizer, false)
+        .context("the run's templates")?;
     let opts = InferOptions {
         batch_size: a.opts.batch_size,
         device: device.clone(),
@@ -320,7 +351,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             });
         progress.finish();
         if emb.kept != kept {
-            bail!("M{} read different images than F1/F2", m + 1);
+            bail!("M{} read different images than the classifiers", m + 1);
         }
         let view = coft::method::phase2::model_view(&clip, &class_prompts, learner, &emb, &device);
         phase1_preds.push(view.labels);
@@ -342,39 +373,60 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         t,
         clip.logit_scale_exp(),
     ));
-    let rows = [
-        ("zero-shot", acc(&|r| zp[r * c..(r + 1) * c].to_vec())),
-        ("M1", hit(&phase1_preds[0])),
-        ("M2", hit(&phase1_preds[1])),
-        ("F1", acc(&|r| probs[0][r * c..(r + 1) * c].to_vec())),
-        ("F2", acc(&|r| probs[1][r * c..(r + 1) * c].to_vec())),
-        (
-            "ensemble",
+    let mut rows: Vec<(String, f64)> = vec![(
+        "zero-shot".into(),
+        acc(&|r| zp[r * c..(r + 1) * c].to_vec()),
+    )];
+    for (m, preds) in phase1_preds.iter().enumerate() {
+        rows.push((format!("M{}", m + 1), hit(preds)));
+    }
+    for (f, p) in probs.iter().enumerate() {
+        rows.push((
+            format!("F{}", f + 1),
+            acc(&|r| p[r * c..(r + 1) * c].to_vec()),
+        ));
+    }
+    if probs.len() > 1 {
+        rows.push((
+            "ensemble".into(),
             acc(&|r| {
                 (0..c)
-                    .map(|j| probs[0][r * c + j] + probs[1][r * c + j])
+                    .map(|j| probs.iter().map(|p| p[r * c + j]).sum())
                     .collect()
             }),
-        ),
-    ];
+        ));
+    }
     println!("| model | top-1 accuracy (%) |\n|---|---|");
     for (name, a) in rows {
         println!("| {name} | {a:.2} |");
-        report.insert(name.to_string(), a.into());
+        report.insert(name, a.into());
     }
-    // Pseudo-label set quality.
+    // Pseudo-label set quality, stage by stage and round by round.
     println!(
         "\n| pseudo-label set | size | precision (%) | errors caught (%) |\n|---|---|---|---|"
     );
-    let sets = [
-        (
-            "S* (step 0, selected)",
-            a.run.join("stage0/pseudo_labels.csv"),
-            true,
-        ),
-        ("S1 clean", a.run.join("phase2/set_1.csv"), false),
-        ("S2 clean", a.run.join("phase2/set_2.csv"), false),
-    ];
+    let mut sets = vec![(
+        "S* (step 0, selected)".to_string(),
+        a.run.join("stage0/pseudo_labels.csv"),
+        true,
+    )];
+    for round in 2..=cfg.phase1_rounds() {
+        for m in 1..=cfg.method.phase1_models() {
+            sets.push((
+                format!("S{m}* (round {round}, selected)"),
+                a.run.join(format!("phase1/round{round}/s{m}.csv")),
+                true,
+            ));
+        }
+    }
+    for i in 1..=probs.len() {
+        sets.push((
+            format!("S{i} clean"),
+            a.run.join(format!("phase2/set_{i}.csv")),
+            false,
+        ));
+    }
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
     for (name, path, selected_only) in sets {
         if let Ok(rows) = coft::method::pseudo_labels::read_csv(&path, &classes) {
             let q = if selected_only {
@@ -387,7 +439,6 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             } else {
                 coft::method::pseudo_labels::errors_caught(&rows)
             };
-            let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
             println!(
                 "| {name} | {} | {} | {} |",
                 q.size,
@@ -398,6 +449,32 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             if let Some(p) = q.precision {
                 report.insert(format!("{name} precision"), p.into());
             }
+        }
+    }
+    // Noisy-label data (CIFAR-N): the given labels the method ignored, for comparison.
+    if let Ok(train) = cfg
+        .data
+        .parse::<coft::data::source::DataSpec>()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|s| Ok(s.load()?))
+    {
+        let (u, _) = pipeline::split_data(&train);
+        let pairs: Vec<(usize, usize)> = u
+            .samples
+            .iter()
+            .filter_map(|s| Some((s.noisy_label?, s.label?)))
+            .collect();
+        if !pairs.is_empty() {
+            let right = pairs.iter().filter(|(a, b)| a == b).count();
+            let precision = right as f64 / pairs.len() as f64;
+            println!(
+                "| given noisy labels (ignored by the method; noise rate {:.2}%) | {} | {} | - |",
+                100.0 * (1.0 - precision),
+                pairs.len(),
+                f(Some(precision))
+            );
+            report.insert("given labels size".into(), pairs.len().into());
+            report.insert("given labels noise rate".into(), (1.0 - precision).into());
         }
     }
     let json = serde_json::to_string_pretty(&report)?;

@@ -29,8 +29,10 @@ use crate::train::{HostData, MetricsWriter, NamedTensors, Optimizer, TrainError}
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MocoConfig {
-    /// Train Phase II with the contrastive loss (CoFT+; off for CoFT).
-    pub enabled: bool,
+    /// Train Phase II with the contrastive loss; unset = by method (on for CoFT+, off
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// EMA coefficient mu of the momentum encoder.
     pub momentum: f64,
     /// Keys kept as negatives.
@@ -44,7 +46,7 @@ pub struct MocoConfig {
 impl Default for MocoConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             momentum: 0.999,
             queue_size: 8192,
             temperature: 0.2,

@@ -57,18 +57,23 @@ impl Selection {
 /// that class (so each image is selected at most once). Ties keep the lower index, so the
 /// selection is deterministic.
 pub fn select_top_k(labels: &[(usize, f32)], num_classes: usize, k: usize) -> Selection {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    select_top_k_per_class(labels, &vec![k; num_classes])
+}
+
+/// Like [`select_top_k`] with a class-specific `k` (`ks[c]` for class `c`).
+pub fn select_top_k_per_class(labels: &[(usize, f32)], ks: &[usize]) -> Selection {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); ks.len()];
     for (i, &(c, _)) in labels.iter().enumerate() {
         by_class[c].push(i);
     }
     let mut selected = vec![false; labels.len()];
-    let mut per_class = vec![0; num_classes];
+    let mut per_class = vec![0; ks.len()];
     for (c, idx) in by_class.iter_mut().enumerate() {
         idx.sort_by(|&a, &b| labels[b].1.total_cmp(&labels[a].1).then(a.cmp(&b)));
-        for &i in idx.iter().take(k) {
+        for &i in idx.iter().take(ks[c]) {
             selected[i] = true;
         }
-        per_class[c] = idx.len().min(k);
+        per_class[c] = idx.len().min(ks[c]);
     }
     Selection {
         selected,
