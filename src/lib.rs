@@ -3,10 +3,14 @@
 //! Layout follows the story: [`clip`] is the model and knows nothing of the method,
 //! [`data`] turns files into tensors, and the command line lives in the binary.
 
+pub mod classifier;
 pub mod clip;
 pub mod data;
 pub mod infer;
 pub mod method;
 pub mod pretrain;
+pub mod report;
 pub mod train;
 pub mod util;
+
+pub use classifier::{Classifier, ImageInput, Prediction};

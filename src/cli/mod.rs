@@ -6,6 +6,7 @@ mod common;
 mod data;
 mod embed;
 mod pretrain;
+mod report;
 mod train;
 mod zero_shot;
 
@@ -34,6 +35,9 @@ enum Command {
     Predict(train::PredictArgs),
     /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
     Eval(train::EvalArgs),
+    /// A self-contained HTML report of a run: curves, pseudo-label sets, confusion matrix,
+    /// per-class accuracy, sample predictions.
+    Report(report::Args),
     /// Check a data spec: classes, counts per split, unreadable images.
     Data(data::Args),
     /// Pre-train a small CLIP from scratch on image-caption pairs (contrastive loss).
@@ -53,5 +57,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(a) => train::train(a),
         Command::Predict(a) => train::predict(a),
         Command::Eval(a) => train::eval(a),
+        Command::Report(a) => report::run(a),
     }
 }

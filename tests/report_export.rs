@@ -1,0 +1,265 @@
+//! `coft report`, `coft export`, `coft predict` (every input form) and the Rust API on one
+//! tiny finished run (the recipe of tests/train_cli.rs: the tiny test model, 3 classes x 12
+//! CIFAR-10 test images from ../shared/data, 2 + 2 epochs; a few seconds).
+//!
+//! The report is loaded in headless Chromium (Debian package `chromium`, installed by
+//! `.ci/run`): no console message, every plot present, a screenshot kept in
+//! `target/test-artifacts/report.png`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+fn coft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_coft"))
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct TinyRun {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    run: PathBuf,
+}
+
+/// 3 classes x 12 CIFAR-10 test images and a finished tiny run on them, built once per test
+/// binary; None when the shared data folder is absent.
+fn tiny_run() -> Option<&'static TinyRun> {
+    static RUN: OnceLock<Option<TinyRun>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        coft::data::shared::shared_data_dir()?;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let cifar = coft::data::shared::unpack_cached("cifar-10").expect("unpack cifar-10");
+        let test = [cifar.join("cifar-10/test"), cifar.join("test")]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .expect("cifar test folder");
+        let data = root.join("data");
+        for class in ["airplane", "cat", "ship"] {
+            std::fs::create_dir_all(data.join(class)).unwrap();
+            let mut files: Vec<_> = std::fs::read_dir(test.join(class))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for f in files.iter().take(12) {
+                std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let run = root.join("run");
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny/hf");
+        let o = coft()
+            .arg("train")
+            .args(["--model", model.to_str().unwrap()])
+            .args(["--data", data.to_str().unwrap()])
+            .args(["--out", run.to_str().unwrap()])
+            .args(["--k", "4", "--threads", "2"])
+            .args(["--set", "phase1.epochs=2", "--set", "phase2.epochs=2"])
+            .args(["--set", "prompts.n_ctx=4", "--set", "prompts.vpt_tokens=2"])
+            .args([
+                "--set",
+                "phase1.batch_size=4",
+                "--set",
+                "phase2.batch_size=8",
+            ])
+            .args(["--set", "prompts.class_specific=true"])
+            .output()
+            .unwrap();
+        ok(&o);
+        Some(TinyRun {
+            _dir: dir,
+            root,
+            data,
+            run,
+        })
+    })
+    .as_ref()
+    .or_else(|| {
+        eprintln!("skipped: no shared data folder");
+        None
+    })
+}
+
+/// The Chromium binary: `$COFT_CHROMIUM`, else the first of the usual names on PATH.
+/// Missing is a test failure with the fix, never a silent pass.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("COFT_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "headless Chromium is needed to test the HTML report and was not found on PATH \
+         (install it: `apt-get install -y chromium`, as .ci/run does, or set COFT_CHROMIUM)"
+    );
+}
+
+/// Load `page` in headless Chromium; returns (dumped DOM, console lines from its log).
+fn load_in_chromium(page: &Path, extra: &[&str]) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg(chromium())
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running chromium");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "chromium failed: {stderr}");
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), console)
+}
+
+const PLOTS: [&str; 8] = [
+    "plot-loss-phase1",
+    "plot-acc-phase1",
+    "plot-loss-phase2",
+    "plot-acc-phase2",
+    "plot-set-sizes",
+    "plot-set-precision",
+    "plot-confusion",
+    "plot-per-class",
+];
+
+#[test]
+fn report_renders_in_headless_chromium() {
+    let browser = chromium();
+    let Some(t) = tiny_run() else { return };
+    // With --data: the ensemble and zero-shot scored on a labeled split.
+    let page = t.root.join("report.html");
+    let o = coft()
+        .args(["report", t.run.to_str().unwrap()])
+        .args(["--data", t.data.to_str().unwrap()])
+        .args(["--out", page.to_str().unwrap(), "--max-images", "20"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let html = std::fs::read_to_string(&page).unwrap();
+    for remote in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "<script src",
+        "@import",
+    ] {
+        assert!(
+            !html.contains(remote),
+            "the page must load nothing: {remote}"
+        );
+    }
+    assert!(html.contains(&format!(
+        "Computed on the 36 labeled images of {}",
+        t.data.display()
+    )));
+
+    let (dom, console) = load_in_chromium(&page, &["--dump-dom"]);
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains("id=\"report-ok\""),
+        "the page's own check did not pass"
+    );
+    for id in PLOTS {
+        assert!(
+            dom.contains(&format!("<svg id=\"{id}\"")),
+            "missing plot {id}"
+        );
+    }
+    assert_eq!(dom.matches("class=\"plot\"").count(), PLOTS.len());
+    assert!(dom.contains(&format!("data-plots=\"{}\"", PLOTS.len())));
+    // The grid is capped, and every thumbnail is an inline image.
+    assert_eq!(dom.matches("<figure").count(), 20);
+    assert_eq!(dom.matches("src=\"data:image/jpeg;base64,").count(), 20);
+    // Confusion matrix of 3 classes: 9 cells.
+    assert_eq!(dom.matches("class=\"cell\"").count(), 9);
+
+    // The screenshot artifact.
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    let (_, console) = load_in_chromium(
+        &page,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2600",
+        ],
+    );
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let png = image::open(&shot).expect("a screenshot");
+    assert_eq!((png.width(), png.height()), (1400, 2600));
+
+    // The page's check really catches a missing plot: drop one and it logs an error.
+    let broken = t.root.join("broken.html");
+    std::fs::write(
+        &broken,
+        html.replacen("<svg id=\"plot-confusion\"", "<svg id=\"renamed\"", 1),
+    )
+    .unwrap();
+    let (dom, console) = load_in_chromium(&broken, &["--dump-dom"]);
+    assert!(!dom.contains("id=\"report-ok\""));
+    assert!(
+        console.iter().any(|l| l.contains("plot-confusion")),
+        "{console:#?}"
+    );
+    let _ = browser;
+}
+
+#[test]
+fn report_without_data_scores_the_pool_and_says_so() {
+    let Some(t) = tiny_run() else { return };
+    let o = coft()
+        .args(["report", t.run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&o);
+    let html = std::fs::read_to_string(t.run.join("report.html")).unwrap();
+    assert!(html.contains("Computed on the 36 training images of the run"));
+    for id in PLOTS {
+        assert!(
+            html.contains(&format!("<svg id=\"{id}\"")),
+            "missing plot {id}"
+        );
+    }
+    // A run folder that is not one is a clear error.
+    let o = coft()
+        .args(["report", t.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a run directory"));
+}
