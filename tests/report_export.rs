@@ -263,3 +263,220 @@ fn report_without_data_scores_the_pool_and_says_so() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a run directory"));
 }
+
+fn predict(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = coft();
+    cmd.arg("predict").args(args);
+    match stdin {
+        None => cmd.output().unwrap(),
+        Some(text) => {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+/// `path -> [probabilities as written]` of a predict CSV.
+fn read_preds(text: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,pred,airplane,cat,ship"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].to_string(),
+                f[1].to_string(),
+                f[2..].iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn export_then_cli_and_rust_api_agree_exactly() {
+    let Some(t) = tiny_run() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("clf");
+    ok(&coft()
+        .args(["export", t.run.to_str().unwrap()])
+        .args(["--out", exported.to_str().unwrap()])
+        .output()
+        .unwrap());
+    for f in [
+        "coft_classifier.json",
+        "classes.txt",
+        "f1.safetensors",
+        "f2.safetensors",
+    ] {
+        assert!(exported.join(f).is_file(), "missing {f}");
+    }
+    let desc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(exported.join("coft_classifier.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(desc["preprocess"]["image_size"], 32);
+    assert_eq!(desc["vision"]["patch_size"], 8);
+    assert_eq!(
+        std::fs::read(exported.join("f2.safetensors")).unwrap(),
+        std::fs::read(t.run.join("final/f2.safetensors")).unwrap()
+    );
+
+    let data = t.data.to_str().unwrap();
+    let (by_run, by_model) = (dir.path().join("run.csv"), dir.path().join("model.csv"));
+    let run_args = ["--run", t.run.to_str().unwrap()];
+    let model_args = ["--model", exported.to_str().unwrap()];
+    ok(&predict(
+        &[
+            &run_args[..],
+            &["--images", data, "--out", by_run.to_str().unwrap()],
+        ]
+        .concat(),
+        None,
+    ));
+    ok(&predict(
+        &[
+            &model_args[..],
+            &["--images", data, "--out", by_model.to_str().unwrap()],
+        ]
+        .concat(),
+        None,
+    ));
+    let run_text = std::fs::read_to_string(&by_run).unwrap();
+    assert_eq!(run_text, std::fs::read_to_string(&by_model).unwrap());
+    let rows = read_preds(&run_text);
+    assert_eq!(rows.len(), 36);
+
+    // The Rust API: batch and one by one, from paths and from decoded images.
+    let clf = coft::Classifier::load(&exported).unwrap();
+    assert_eq!(clf.classes(), ["airplane", "cat", "ship"]);
+    let paths: Vec<PathBuf> = rows.iter().map(|r| t.data.join(&r.0)).collect();
+    let batch = clf.predict_batch(&paths).unwrap();
+    for (p, (name, pred, probs)) in batch.iter().zip(&rows) {
+        assert_eq!(&p.class, pred, "{name}");
+        let api: Vec<String> = p.probabilities.iter().map(|x| x.to_string()).collect();
+        assert_eq!(&api, probs, "{name}: batch API vs CLI");
+    }
+    for (path, (name, pred, probs)) in paths.iter().zip(&rows).take(5) {
+        let one = clf.predict(path.as_path()).unwrap();
+        let img = image::open(path).unwrap();
+        let from_image = clf.predict(&img).unwrap();
+        assert_eq!(one, from_image, "{name}");
+        assert_eq!(&one.class, pred);
+        assert_eq!(
+            one.index,
+            clf.classes().iter().position(|c| c == pred).unwrap()
+        );
+        let api: Vec<String> = one.probabilities.iter().map(|x| x.to_string()).collect();
+        assert_eq!(&api, probs, "{name}: single-image API vs CLI");
+    }
+    let err = clf
+        .predict(Path::new("/nonexistent.jpg"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent.jpg"), "{err}");
+    let err = coft::Classifier::load(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("coft_classifier.json"), "{err}");
+}
+
+#[test]
+fn predict_reads_folders_csv_and_stdin_and_writes_jsonl() {
+    let Some(t) = tiny_run() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = t.run.to_str().unwrap();
+    let folder_out = dir.path().join("folder.csv");
+    ok(&predict(
+        &[
+            "--run",
+            run,
+            "--images",
+            t.data.to_str().unwrap(),
+            "--out",
+            folder_out.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let folder = read_preds(&std::fs::read_to_string(&folder_out).unwrap());
+
+    // A CSV manifest beside (copies of) the images: relative paths resolve against its folder.
+    let manifest = dir.path().join("manifest.csv");
+    let mut text = String::from("id,path\n");
+    for (i, r) in folder.iter().enumerate().take(7) {
+        let copy = dir.path().join("imgs").join(&r.0);
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(t.data.join(&r.0), &copy).unwrap();
+        text.push_str(&format!("{i},imgs/{}\n", r.0));
+    }
+    std::fs::write(&manifest, &text).unwrap();
+    let o = predict(
+        &[
+            "--run",
+            run,
+            "--images",
+            manifest.to_str().unwrap(),
+            "--out",
+            "-",
+        ],
+        None,
+    );
+    let from_csv = read_preds(&ok(&o));
+    let expected: Vec<_> = folder[..7]
+        .iter()
+        .map(|(p, c, v)| (format!("imgs/{p}"), c.clone(), v.clone()))
+        .collect();
+    assert_eq!(from_csv, expected);
+
+    // Paths on stdin (absolute here), JSON lines on stdout.
+    let lines: String = folder
+        .iter()
+        .take(4)
+        .map(|r| format!("{}\n", t.data.join(&r.0).display()))
+        .collect();
+    let o = predict(
+        &[
+            "--run", run, "--images", "-", "--out", "-", "--format", "jsonl",
+        ],
+        Some(&format!("\n{lines}\n")),
+    );
+    let out = ok(&o);
+    let recs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 4);
+    for (rec, (name, pred, probs)) in recs.iter().zip(&folder) {
+        assert_eq!(rec["path"], t.data.join(name).display().to_string());
+        assert_eq!(rec["pred"], pred.as_str());
+        let p: Vec<f32> = serde_json::from_value(rec["probabilities"].clone()).unwrap();
+        let csv: Vec<f32> = probs.iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(p, csv);
+        let i = rec["index"].as_u64().unwrap() as usize;
+        assert_eq!(rec["confidence"].as_f64().unwrap() as f32, p[i]);
+    }
+
+    // Clear errors.
+    let bad_csv = dir.path().join("bad.csv");
+    std::fs::write(&bad_csv, "file\nx.jpg\n").unwrap();
+    for (images, needle) in [
+        (bad_csv.to_str().unwrap(), "no `path` column"),
+        ("/nonexistent/dir", "no such folder or file"),
+    ] {
+        let o = predict(&["--run", run, "--images", images, "--out", "-"], None);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(needle), "{stderr}");
+    }
+    let o = predict(&["--images", "-", "--out", "-"], Some(""));
+    assert!(!o.status.success());
+}

@@ -5,6 +5,7 @@ mod bench_train;
 mod common;
 mod data;
 mod embed;
+mod predict;
 mod pretrain;
 mod report;
 mod train;
@@ -31,8 +32,10 @@ enum Command {
     Embed(embed::Args),
     /// Run CoFT on unlabeled images: pseudo-labels, Phase I, Phase II (resumable).
     Train(train::TrainArgs),
-    /// Predict with a trained run's classifier ensemble.
-    Predict(train::PredictArgs),
+    /// Predict with a trained run's (or an exported) classifier ensemble.
+    Predict(predict::PredictArgs),
+    /// Write a run's classifier as a standalone folder (weights, classes, preprocessing).
+    Export(predict::ExportArgs),
     /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
     Eval(train::EvalArgs),
     /// A self-contained HTML report of a run: curves, pseudo-label sets, confusion matrix,
@@ -55,7 +58,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::train(a),
-        Command::Predict(a) => train::predict(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::Export(a) => predict::export(a),
         Command::Eval(a) => train::eval(a),
         Command::Report(a) => report::run(a),
     }

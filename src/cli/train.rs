@@ -1,14 +1,10 @@
-//! `coft train`, `coft predict`, `coft eval`: the method end to end on a user's data.
+//! `coft train`, `coft eval`: the method end to end on a user's data.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args as ClapArgs;
-use coft::data::decode::DecodeLimits;
-use coft::infer::{embed_images_with, to_vec, InferOptions};
-use coft::method::phase2::classifier_probs;
 use coft::method::pipeline::{self, Hooks, TrainConfig};
 
 use super::common::{self, Progress, RunOpts};
@@ -121,91 +117,6 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 }
 
 #[derive(ClapArgs, Debug)]
-pub struct PredictArgs {
-    #[arg(long)]
-    run: PathBuf,
-    #[arg(long)]
-    images: PathBuf,
-    #[arg(long)]
-    out: PathBuf,
-    #[command(flatten)]
-    opts: RunOpts,
-}
-
-/// Class names, the indices of the images that could be read, and each classifier's
-/// probabilities over them (row-major `[kept, C]`).
-type RunProbs = (Vec<String>, Vec<usize>, Vec<Vec<f32>>);
-
-/// Ensemble probabilities (mean of F1's and F2's softmax) for `paths`, plus each model's.
-fn ensemble_probs(
-    run: &Path,
-    paths: Vec<PathBuf>,
-    batch_size: usize,
-    device: &Device,
-    label: &str,
-    strict: bool,
-) -> anyhow::Result<RunProbs> {
-    let (_, classes, models) = pipeline::load_classifiers(run, device)?;
-    let opts = InferOptions {
-        batch_size,
-        device: device.clone(),
-        limits: DecodeLimits::default(),
-    };
-    let mut per_model = Vec::new();
-    let mut kept = Vec::new();
-    for (i, m) in models.iter().enumerate() {
-        let mut progress = Progress::new(&format!("{label} F{}", i + 1), paths.len());
-        let e = embed_images_with(
-            m.vision.config.image_size,
-            paths.clone(),
-            &opts,
-            |d| progress.set(d),
-            |px| classifier_probs(m, px),
-        );
-        progress.finish();
-        if i == 0 {
-            common::check_skipped(&e.skipped, strict)?;
-        }
-        kept = e.kept;
-        per_model.push(e.data);
-    }
-    Ok((classes, kept, per_model))
-}
-
-pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let device = a.opts.setup()?;
-    let paths = common::scan_folder(&a.images, a.opts.strict)?;
-    let (classes, kept, probs) = ensemble_probs(
-        &a.run,
-        paths.clone(),
-        a.opts.batch_size,
-        &device,
-        "predict",
-        a.opts.strict,
-    )?;
-    let c = classes.len();
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "pred".to_string()];
-    header.extend(classes.iter().cloned());
-    w.write_record(&header)?;
-    for (r, &i) in kept.iter().enumerate() {
-        let p: Vec<f32> = (0..c)
-            .map(|j| (probs[0][r * c + j] + probs[1][r * c + j]) / 2.0)
-            .collect();
-        let pred = super::zero_shot::argmax(&p);
-        let mut rec = vec![
-            common::relative(&paths[i], &a.images),
-            classes[pred].clone(),
-        ];
-        rec.extend(p.iter().map(|x| x.to_string()));
-        w.write_record(&rec)?;
-    }
-    coft::util::write_atomic(&a.out, &w.into_inner()?)?;
-    eprintln!("wrote {} predictions to {}", kept.len(), a.out.display());
-    Ok(())
-}
-
-#[derive(ClapArgs, Debug)]
 pub struct EvalArgs {
     #[arg(long)]
     run: PathBuf,
@@ -218,7 +129,6 @@ pub struct EvalArgs {
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = a.opts.setup()?;
-    let cfg = TrainConfig::load(&a.run.join("config.toml"))?;
     let spec: coft::data::source::DataSpec =
         a.data.parse().map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let ds = spec.load()?;
@@ -227,80 +137,38 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if !test.has_labels() {
         bail!("{}: no labels to evaluate against", a.data);
     }
-    let paths: Vec<PathBuf> = test.samples.iter().map(|s| s.path.clone()).collect();
-    let truth: Vec<Option<usize>> = test.samples.iter().map(|s| s.label).collect();
-    let (classes, kept, probs) = ensemble_probs(
+    let mut bar: Option<(String, Progress)> = None;
+    let ev = coft::method::evaluate::evaluate_run(
         &a.run,
-        paths.clone(),
+        &test,
         a.opts.batch_size,
         &device,
-        "eval",
-        a.opts.strict,
-    )?;
-    if classes != ds.classes {
-        bail!("the run's classes differ from {}'s", a.data);
-    }
-    let c = classes.len();
-    let acc = |p: &dyn Fn(usize) -> Vec<f32>| -> f64 {
-        let mut right = 0;
-        let mut n = 0;
-        for (r, &i) in kept.iter().enumerate() {
-            if let Some(t) = truth[i] {
-                n += 1;
-                right += usize::from(super::zero_shot::argmax(&p(r)) == t);
+        &mut |what, done, total| {
+            if bar.as_ref().is_none_or(|(w, _)| w != what) {
+                if let Some((_, p)) = bar.take() {
+                    p.finish();
+                }
+                bar = Some((
+                    what.to_string(),
+                    Progress::new(&format!("eval {what}"), total),
+                ));
             }
-        }
-        100.0 * right as f64 / n.max(1) as f64
-    };
+            if let Some((_, p)) = bar.as_mut() {
+                p.set(done);
+            }
+        },
+    )?;
+    if let Some((_, p)) = bar.take() {
+        p.finish();
+    }
+    common::check_skipped(&ev.skipped, a.opts.strict)?;
+    let classes = ev.classes.clone();
     let mut report: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    // Zero-shot with the same templates as the run.
-    let (clip, _) = coft::clip::weights::load_model(&cfg.model, &device)?;
-    let tokenizer = coft::clip::tokenizer::Tokenizer::new()?;
-    let templates = if cfg.templates.is_empty() {
-        ds.templates.clone()
-    } else {
-        cfg.templates.clone()
-    };
-    let (prompts, _) = coft::method::zero_shot::build_prompts(
-        &classes,
-        &templates,
-        None,
-        cfg.underscores_to_spaces,
-    );
-    let ids: Vec<Vec<Vec<u32>>> = prompts
-        .iter()
-        .map(|p| {
-            p.iter()
-                .map(|s| tokenizer.tokenize(s, clip.config.text.context_length))
-                .collect()
-        })
-        .collect();
-    let t = coft::method::zero_shot::class_embeddings(&clip, &ids, 64);
-    let opts = InferOptions {
-        batch_size: a.opts.batch_size,
-        device: device.clone(),
-        limits: DecodeLimits::default(),
-    };
-    let zs = coft::infer::embed_images(&clip, paths.clone(), &opts, |_| {});
-    let n = zs.kept.len();
-    let v: Tensor<2> = Tensor::from_data(TensorData::new(zs.data, [n, zs.dim]), &device);
-    let zp = to_vec(coft::method::zero_shot::probabilities(
-        v,
-        t,
-        clip.logit_scale_exp(),
-    ));
     let rows = [
-        ("zero-shot", acc(&|r| zp[r * c..(r + 1) * c].to_vec())),
-        ("F1", acc(&|r| probs[0][r * c..(r + 1) * c].to_vec())),
-        ("F2", acc(&|r| probs[1][r * c..(r + 1) * c].to_vec())),
-        (
-            "ensemble",
-            acc(&|r| {
-                (0..c)
-                    .map(|j| probs[0][r * c + j] + probs[1][r * c + j])
-                    .collect()
-            }),
-        ),
+        ("zero-shot", ev.accuracy(&ev.zero_shot)),
+        ("F1", ev.accuracy(&ev.members[0])),
+        ("F2", ev.accuracy(&ev.members[1])),
+        ("ensemble", ev.accuracy(&ev.ensemble)),
     ];
     println!("| model | top-1 accuracy (%) |\n|---|---|");
     for (name, a) in rows {
