@@ -5,6 +5,7 @@ mod bench_train;
 mod common;
 mod data;
 mod embed;
+mod init;
 mod predict;
 mod pretrain;
 mod report;
@@ -30,6 +31,8 @@ enum Command {
     ZeroShot(zero_shot::Args),
     /// Write L2-normalised image or text embeddings to a .npy file.
     Embed(embed::Args),
+    /// Write a commented starting config (every option, a preset per backbone and benchmark).
+    Init(init::Args),
     /// Run CoFT on unlabeled images: pseudo-labels, Phase I, Phase II (resumable).
     Train(train::TrainArgs),
     /// Predict with a trained run's (or an exported) classifier ensemble.
@@ -57,6 +60,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Data(a) => data::run(a),
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Bench(a) => bench::run(a),
+        Command::Init(a) => init::run(a),
         Command::Train(a) => train::train(a),
         Command::Predict(a) => predict::predict(a),
         Command::Export(a) => predict::export(a),

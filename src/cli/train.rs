@@ -36,6 +36,10 @@ pub struct TrainArgs {
     /// Continue an interrupted run from its last completed stage or epoch.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "data", "out", "config"])]
     resume: Option<PathBuf>,
+    /// Resolve and check the configuration and the data (classes, pool size against K), print
+    /// the resolved config and stop: nothing is written.
+    #[arg(long, conflicts_with = "resume")]
+    dry_run: bool,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -64,6 +68,9 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    if a.dry_run {
+        return dry_run(&a);
+    }
     let device = a.run.setup()?;
     let (cfg, run_dir) = common::new_or_resume(
         a.resume.as_deref(),
@@ -113,6 +120,25 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         p.finish();
     }
     eprintln!("run finished: {}", run_dir.display());
+    Ok(())
+}
+
+/// `--dry-run`: the config and data checks of a run, without the run.
+fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
+    let cfg = resolve_config(a)?;
+    let spec: coft::data::source::DataSpec =
+        cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+    let ds = spec
+        .load()
+        .with_context(|| format!("loading data {}", cfg.data))?;
+    let (u, _) = pipeline::split_data(&ds);
+    pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
+    eprintln!(
+        "ok: {} classes, {} images in the pool",
+        ds.classes.len(),
+        u.samples.len()
+    );
+    print!("{}", toml::to_string_pretty(&cfg)?);
     Ok(())
 }
 
