@@ -217,6 +217,13 @@ impl Classifier {
             cfg.models.iter().map(|m| dir.join(m)),
             device,
         )?;
+        tracing::debug!(
+            dir = %dir.display(),
+            classes = classes.len(),
+            members = models.len(),
+            image_size = cfg.preprocess.image_size,
+            "classifier loaded"
+        );
         Ok(Self {
             classes,
             models,
@@ -261,6 +268,12 @@ impl Classifier {
             (1..=2).map(|i| fin.join(format!("f{i}.safetensors"))),
             device,
         )?;
+        tracing::debug!(
+            run = %run.display(),
+            classes = classes.len(),
+            members = models.len(),
+            "run classifier loaded"
+        );
         Ok(Self {
             classes,
             preprocess: PreprocessConfig::clip(base.config.image_size as u32),

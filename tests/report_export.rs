@@ -480,3 +480,43 @@ fn predict_reads_folders_csv_and_stdin_and_writes_jsonl() {
     let o = predict(&["--images", "-", "--out", "-"], Some(""));
     assert!(!o.status.success());
 }
+
+#[test]
+fn quiet_verbose_and_plain_progress_off_a_terminal() {
+    let Some(t) = tiny_run() else { return };
+    // Every training stage logged one JSON line per epoch in the run folder.
+    for stage in ["phase1/m1", "phase1/m2", "phase2/f1", "phase2/f2"] {
+        let recs = coft::train::read_metrics(&t.run.join(stage).join("metrics.jsonl")).unwrap();
+        let epochs: Vec<i64> = recs.iter().map(|r| r["epoch"].as_i64().unwrap()).collect();
+        assert_eq!(epochs, vec![1, 2], "{stage}");
+        assert!(recs
+            .iter()
+            .all(|r| r["loss"].is_number() && r["train_acc"].is_number()));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("p.csv");
+    let args = |flag: Option<&str>| {
+        let mut cmd = coft();
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        cmd.args(["predict", "--run", t.run.to_str().unwrap()])
+            .args(["--images", t.data.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()]);
+        let o = cmd.output().unwrap();
+        ok(&o);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert_eq!(args(Some("--quiet")), "", "--quiet prints nothing");
+    // stderr is a pipe here: plain lines, no terminal control characters.
+    let plain = args(None);
+    assert!(plain.contains("predict: 72/72"), "{plain}");
+    assert!(plain.contains("wrote 36 predictions"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}') && !plain.contains('\r'),
+        "{plain:?}"
+    );
+    assert!(!plain.contains("DEBUG"));
+    let verbose = args(Some("-v"));
+    assert!(verbose.contains("DEBUG") && verbose.contains("run classifier loaded"));
+}

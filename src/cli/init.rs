@@ -39,9 +39,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     coft::util::write_atomic(&a.out, text.as_bytes())
         .with_context(|| format!("writing {}", a.out.display()))?;
     for n in &notes {
-        eprintln!("preset: {n}");
+        say!("preset: {n}");
     }
-    eprintln!(
+    say!(
         "wrote {}; train with: coft train --config {} --out RUN_DIR",
         a.out.display(),
         a.out.display()

@@ -1,5 +1,15 @@
 //! One file per subcommand: flags -> a config -> a library call.
 
+/// A progress or status line on stderr, unless `--quiet` (warnings and errors use
+/// `eprintln!` and always show).
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::cli::common::quiet() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 mod bench;
 mod bench_train;
 mod common;
@@ -21,8 +31,34 @@ use clap::{Parser, Subcommand};
     about = "Label-free fine-tuning of CLIP (CoFT / CoFT+)"
 )]
 struct Cli {
+    /// Only warnings and errors: no progress bars or status lines.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More detail in the log (`-v` debug, `-vv` trace); `COFT_LOG` (tracing's env-filter
+    /// syntax) overrides both flags.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The tracing subscriber: plain lines on stderr at the level the flags ask for.
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,coft={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(verbose > 0)
+        .without_time()
+        .with_env_filter(filter)
+        .try_init();
 }
 
 #[derive(Subcommand)]
@@ -54,6 +90,8 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    common::set_verbosity(cli.quiet, cli.verbose);
+    init_logging(cli.quiet, cli.verbose);
     match cli.command {
         Command::ZeroShot(a) => zero_shot::run(a),
         Command::Embed(a) => embed::run(a),

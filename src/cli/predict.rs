@@ -189,7 +189,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     } else {
         coft::util::write_atomic(&a.out, &bytes)
             .with_context(|| format!("writing {}", a.out.display()))?;
-        eprintln!(
+        say!(
             "wrote {} predictions to {}",
             preds.kept.len(),
             a.out.display()
@@ -213,7 +213,7 @@ pub struct ExportArgs {
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let device = common::device(a.device)?;
     let desc = coft::classifier::export_run(&a.run, &a.out, &device)?;
-    eprintln!(
+    say!(
         "exported {} classes, {} models ({}x{} input; ViT: {} layers, width {}, patch {}) to {}",
         std::fs::read_to_string(a.out.join(&desc.classes))
             .map(|t| t.lines().count())

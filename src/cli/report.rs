@@ -107,12 +107,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     if let Some(l) = &labeled {
         let right = l.items.iter().filter(|i| i.pred == i.truth).count();
-        eprintln!(
+        say!(
             "final ensemble accuracy: {:.2}% ({right}/{} images)",
             100.0 * right as f64 / l.items.len().max(1) as f64,
             l.items.len()
         );
     }
-    eprintln!("wrote {}", out.display());
+    say!("wrote {}", out.display());
     Ok(())
 }

@@ -83,7 +83,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         if let Some(p) = bar.borrow_mut().take() {
             p.finish();
         }
-        eprintln!("== {name}");
+        say!("== {name}");
         *bar.borrow_mut() = Some(Progress::new(name, total));
     };
     let mut on_progress = |_label: &str, done: usize| {
@@ -91,17 +91,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             p.set(done);
         }
     };
+    // Called after every step: the bar counts steps (so its ETA moves within an epoch), and
+    // each finished epoch prints a line above it.
     let mut on_epoch = |label: &str, p: &coft::method::phase1::StageProgress| {
+        let mut guard = bar.borrow_mut();
+        let Some(b) = guard.as_mut() else { return };
+        let spe = p.steps_per_epoch.max(1);
+        b.set_total(p.epochs * spe);
+        b.set(p.epoch * spe + p.step_in_epoch.min(spe));
         if let Some((loss, acc)) = p.epoch_summary {
-            if let Some(b) = bar.borrow_mut().as_mut() {
-                b.set(p.epoch + 1);
-            }
-            eprintln!(
+            b.println(&format!(
                 "{label} epoch {}/{}: loss {loss:.4}, train acc {:.2}%",
                 p.epoch + 1,
                 p.epochs,
                 100.0 * acc
-            );
+            ));
         }
     };
     let mut hooks = Hooks {
@@ -119,7 +123,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(p) = bar.borrow_mut().take() {
         p.finish();
     }
-    eprintln!("run finished: {}", run_dir.display());
+    say!("run finished: {}", run_dir.display());
     Ok(())
 }
 
@@ -133,7 +137,7 @@ fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading data {}", cfg.data))?;
     let (u, _) = pipeline::split_data(&ds);
     pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
-    eprintln!(
+    say!(
         "ok: {} classes, {} images in the pool",
         ds.classes.len(),
         u.samples.len()

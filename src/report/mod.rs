@@ -354,6 +354,7 @@ pub fn render(
     // Training curves, grouped by the top-level folder (phase1, phase2, round_r, ...).
     page.body.push_str("<h2>Training</h2>");
     let logs = collect_metrics(run)?;
+    tracing::debug!(logs = logs.len(), "metrics logs found");
     if logs.is_empty() {
         page.body
             .push_str("<p class=\"note\">No metrics.jsonl found yet.</p>");
@@ -419,6 +420,7 @@ pub fn render(
     };
     page.body.push_str("<h2>Pseudo-label sets</h2>");
     let files = collect_pseudo_labels(run, &classes)?;
+    tracing::debug!(files = files.len(), "pseudo-label files found");
     if files.is_empty() {
         page.body
             .push_str("<p class=\"note\">No pseudo-label CSV found yet.</p>");
