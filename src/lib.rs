@@ -2,6 +2,7 @@
 //!
 //! Layout follows the story: [`clip`] is the model and knows nothing of the method,
 //! [`data`] turns files into tensors, and the command line lives in the binary.
+//! A trained (or exported) classifier is [`Classifier`]: `Classifier::load(dir)?.predict(&image)`.
 
 pub mod classifier;
 pub mod clip;
