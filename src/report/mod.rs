@@ -647,6 +647,65 @@ ok.style.display='none';document.body.appendChild(ok);});"#;
 mod tests {
     use super::*;
 
+    /// A run with CoFT+-style rounds and no labels: every pseudo-label CSV and metrics log
+    /// is found and labelled by its path; no precision plot, no accuracy section.
+    #[test]
+    fn rounds_and_unlabeled_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let cfg = crate::method::pipeline::TrainConfig {
+            model: "m".into(),
+            data: "d".into(),
+            ..Default::default()
+        };
+        cfg.save(&run.join("config.toml")).unwrap();
+        let classes: Vec<String> = vec!["a".into(), "b".into()];
+        std::fs::create_dir_all(run.join("final")).unwrap();
+        std::fs::write(run.join("final/classes.txt"), "a\nb\n").unwrap();
+        let row = |label, selected, clean| PseudoLabel {
+            path: "x.jpg".into(),
+            label,
+            confidence: 0.5,
+            selected,
+            clean,
+            true_label: None,
+        };
+        let s0 = vec![row(0, true, None), row(1, false, None)];
+        pseudo_labels::write_csv(&run.join("stage0/pseudo_labels.csv"), &s0, &classes).unwrap();
+        pseudo_labels::write_csv(&run.join("stage0/round_2/selected_1.csv"), &s0, &classes)
+            .unwrap();
+        let p2 = vec![row(0, true, Some(true)), row(1, false, Some(false))];
+        pseudo_labels::write_csv(&run.join("phase2/set_1.csv"), &p2, &classes).unwrap();
+        std::fs::write(run.join("phase2/other.csv"), "a,b\n1,2\n").unwrap();
+        for stage in ["round_2/m1", "phase1/m1"] {
+            let mut w = crate::train::MetricsWriter::append(&run.join(stage).join("metrics.jsonl"))
+                .unwrap();
+            for e in 1..=3 {
+                w.write(&serde_json::json!({"epoch": e, "loss": 1.0 / e as f64, "train_acc": 0.5}))
+                    .unwrap();
+            }
+        }
+        let files = collect_pseudo_labels(run, &classes).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "stage0/pseudo_labels.csv",
+                "stage0/round_2/selected_1.csv",
+                "phase2/set_1.csv"
+            ]
+        );
+        let html = render(run, None, Some("no labels here"), &ReportOptions::default()).unwrap();
+        for id in ["plot-loss-phase1", "plot-acc-round-2", "plot-set-sizes"] {
+            assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
+        }
+        assert!(html.contains("stage0/round_2/selected_1.csv: selected S*"));
+        assert!(html.contains("phase2/set_1.csv: noise"));
+        assert!(!html.contains("plot-set-precision") && !html.contains("plot-confusion"));
+        assert!(html.contains("no labels here"));
+        assert!(html.contains("precision is unknown"));
+    }
+
     #[test]
     fn base64_matches_the_rfc_examples() {
         for (i, o) in [
