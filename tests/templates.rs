@@ -638,6 +638,8 @@ fn train_checks_templates_json_against_the_data_classes() {
             run.to_str().unwrap(),
             "--templates-json",
             "t.json",
+            "--k",
+            "2",
         ])
         .output()
         .unwrap();

@@ -59,10 +59,24 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
     }
 }
 
+/// -1 quiet, 0 normal, 1.. verbose (set once from the global flags).
+static VERBOSITY: std::sync::atomic::AtomicI8 = std::sync::atomic::AtomicI8::new(0);
+
+pub fn set_verbosity(quiet: bool, verbose: u8) {
+    let v = if quiet { -1 } else { verbose.min(100) as i8 };
+    VERBOSITY.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `--quiet`: no progress and no status lines.
+pub fn quiet() -> bool {
+    VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) < 0
+}
+
 /// A progress bar with ETA on a terminal; on a pipe or CI log, a plain line every few
-/// seconds instead of control characters.
+/// seconds instead of control characters; nothing with `--quiet`.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    silent: bool,
     label: String,
     total: u64,
     start: Instant,
@@ -71,7 +85,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, total: usize) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let silent = quiet();
+        let bar = (!silent && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -86,6 +101,7 @@ impl Progress {
         let now = Instant::now();
         Self {
             bar,
+            silent,
             label: label.into(),
             total: total as u64,
             start: now,
@@ -97,6 +113,9 @@ impl Progress {
         let done = done as u64;
         if let Some(bar) = &self.bar {
             bar.set_position(done);
+            return;
+        }
+        if self.silent {
             return;
         }
         if self.last.elapsed() >= Duration::from_secs(5) || done == self.total {
@@ -111,6 +130,25 @@ impl Progress {
                 "{}: {done}/{} ({:.0}s elapsed, ETA {eta:.0}s)",
                 self.label, self.total, el
             );
+        }
+    }
+
+    /// Change the number of units the bar counts to (a stage that learns its length late).
+    pub fn set_total(&mut self, total: usize) {
+        if self.total != total as u64 {
+            self.total = total as u64;
+            if let Some(bar) = &self.bar {
+                bar.set_length(total as u64);
+            }
+        }
+    }
+
+    /// A status line that does not break the bar (printed above it on a terminal).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if !self.silent => eprintln!("{line}"),
+            None => {}
         }
     }
 
@@ -254,7 +292,7 @@ pub fn new_or_resume<C>(
 ) -> anyhow::Result<(C, PathBuf)> {
     if let Some(run) = resume {
         let cfg = load(&run.join("config.toml")).context("resuming")?;
-        eprintln!("resuming {}", run.display());
+        say!("resuming {}", run.display());
         return Ok((cfg, run.to_path_buf()));
     }
     let out = out.context("--out is required (or --resume a run)")?;
@@ -291,11 +329,31 @@ pub fn layered_config<C: serde::Serialize + serde::de::DeserializeOwned + Defaul
     }
     let text = toml::to_string(&table)?;
     toml::from_str(&text).map_err(|e| {
-        let msg = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        anyhow::anyhow!("config: {msg}")
+        let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span().and_then(|sp| key_at(&text, sp.start)) {
+            Some(key) => anyhow::anyhow!("config: {key}: {msg}"),
+            None => anyhow::anyhow!("config: {msg}"),
+        }
+    })
+}
+
+/// The dotted key (`phase1.lr`) of the `key = value` line holding byte `offset` of a TOML
+/// text written with `[section]` headers, so that errors name the option rather than a line
+/// of the merged text the user never saw.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let upto = text.get(..offset.min(text.len()))?;
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_string(),
     })
 }

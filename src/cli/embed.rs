@@ -70,7 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     txt.push('\n');
     coft::util::write_atomic(&labels_path, txt.as_bytes())
         .with_context(|| format!("writing {}", labels_path.display()))?;
-    eprintln!(
+    say!(
         "wrote {rows} x {dim} embeddings to {} (rows listed in {})",
         a.out.display(),
         labels_path.display()

@@ -1,12 +1,25 @@
 //! One file per subcommand: flags -> a config -> a library call.
 
+/// A progress or status line on stderr, unless `--quiet` (warnings and errors use
+/// `eprintln!` and always show).
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::cli::common::quiet() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 mod bench;
 mod bench_method;
 mod bench_train;
 mod common;
 mod data;
 mod embed;
+mod init;
+mod predict;
 mod pretrain;
+mod report;
 mod templates;
 mod train;
 mod zero_shot;
@@ -20,8 +33,34 @@ use clap::{Parser, Subcommand};
     about = "Label-free fine-tuning of CLIP (CoFT / CoFT+)"
 )]
 struct Cli {
+    /// Only warnings and errors: no progress bars or status lines.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More detail in the log (`-v` debug, `-vv` trace); `COFT_LOG` (tracing's env-filter
+    /// syntax) overrides both flags.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The tracing subscriber: plain lines on stderr at the level the flags ask for.
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,coft={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(verbose > 0)
+        .without_time()
+        .with_env_filter(filter)
+        .try_init();
 }
 
 #[derive(Subcommand)]
@@ -30,12 +69,19 @@ enum Command {
     ZeroShot(zero_shot::Args),
     /// Write L2-normalised image or text embeddings to a .npy file.
     Embed(embed::Args),
+    /// Write a commented starting config (every option, a preset per backbone and benchmark).
+    Init(init::Args),
     /// Run CoFT on unlabeled images: pseudo-labels, Phase I, Phase II (resumable).
     Train(train::TrainArgs),
-    /// Predict with a trained run's classifier ensemble.
-    Predict(train::PredictArgs),
+    /// Predict with a trained run's (or an exported) classifier ensemble.
+    Predict(predict::PredictArgs),
+    /// Write a run's classifier as a standalone folder (weights, classes, preprocessing).
+    Export(predict::ExportArgs),
     /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
     Eval(train::EvalArgs),
+    /// A self-contained HTML report of a run: curves, pseudo-label sets, confusion matrix,
+    /// per-class accuracy, sample predictions.
+    Report(report::Args),
     /// Check a data spec: classes, counts per split, unreadable images.
     Data(data::Args),
     /// Pre-train a small CLIP from scratch on image-caption pairs (contrastive loss).
@@ -48,6 +94,8 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    common::set_verbosity(cli.quiet, cli.verbose);
+    init_logging(cli.quiet, cli.verbose);
     match cli.command {
         Command::ZeroShot(a) => zero_shot::run(a),
         Command::Embed(a) => embed::run(a),
@@ -55,8 +103,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::Templates(a) => templates::run(a),
+        Command::Init(a) => init::run(a),
         Command::Train(a) => train::train(a),
-        Command::Predict(a) => train::predict(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::Export(a) => predict::export(a),
         Command::Eval(a) => train::eval(a),
+        Command::Report(a) => report::run(a),
     }
 }

@@ -154,7 +154,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         || resolve_config(&a),
     )?;
     let arch = cfg.clip_config()?;
-    eprintln!(
+    say!(
         "model: vision {}x{} patch {} width {} layers {} heads {}; text width {} layers {} heads \
          {} context {}; embedding {}",
         arch.vision.image_size,
@@ -181,7 +181,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             parameters,
         } => {
             total_epochs = *epochs;
-            eprintln!(
+            say!(
                 "{samples} image-caption pairs ({captions} distinct captions), {parameters} \
                  parameters, {epochs} epochs of {steps_per_epoch} steps{}",
                 if *done_epochs > 0 {
@@ -200,7 +200,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         PretrainEvent::Epoch(s) => {
-            eprintln!(
+            say!(
                 "epoch {}/{total_epochs}: loss {:.4}, acc i2t {:.1}% t2i {:.1}%, \
                      temperature {:.4} (scale {:.1}), lr {:.2e}, {:.1}s ({:.2} steps/s){}",
                 s.epoch,
@@ -227,7 +227,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         b.finish();
     }
     common::report_skipped(&summary.skipped);
-    eprintln!(
+    say!(
         "model written: {} (use --model {})",
         summary.model_dir.display(),
         summary.model_dir.display()

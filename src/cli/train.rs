@@ -1,14 +1,10 @@
-//! `coft train`, `coft predict`, `coft eval`: the method end to end on a user's data.
+//! `coft train`, `coft eval`: the method end to end on a user's data.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args as ClapArgs;
-use coft::data::decode::DecodeLimits;
-use coft::infer::{embed_images_with, to_vec, InferOptions};
-use coft::method::phase2::classifier_probs;
 use coft::method::pipeline::{self, Hooks, TrainConfig};
 
 use super::common::{self, Progress, RunOpts};
@@ -53,6 +49,10 @@ pub struct TrainArgs {
     /// Continue an interrupted run from its last completed stage or epoch.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "data", "out", "config", "templates_json"])]
     resume: Option<PathBuf>,
+    /// Resolve and check the configuration and the data (classes, pool size against K), print
+    /// the resolved config and stop: nothing is written.
+    #[arg(long, conflicts_with = "resume")]
+    dry_run: bool,
     #[command(flatten)]
     run: RunOpts,
 }
@@ -111,6 +111,9 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    if a.dry_run {
+        return dry_run(&a);
+    }
     let device = a.run.setup()?;
     let (cfg, run_dir) = common::new_or_resume(
         a.resume.as_deref(),
@@ -128,7 +131,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         if let Some(p) = bar.borrow_mut().take() {
             p.finish();
         }
-        eprintln!("== {name}");
+        say!("== {name}");
         *bar.borrow_mut() = Some(Progress::new(name, total));
     };
     let mut on_progress = |_label: &str, done: usize| {
@@ -136,17 +139,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             p.set(done);
         }
     };
+    // Called after every step: the bar counts steps (so its ETA moves within an epoch), and
+    // each finished epoch prints a line above it.
     let mut on_epoch = |label: &str, p: &coft::method::phase1::StageProgress| {
+        let mut guard = bar.borrow_mut();
+        let Some(b) = guard.as_mut() else { return };
+        let spe = p.steps_per_epoch.max(1);
+        b.set_total(p.epochs * spe);
+        b.set(p.epoch * spe + p.step_in_epoch.min(spe));
         if let Some((loss, acc)) = p.epoch_summary {
-            if let Some(b) = bar.borrow_mut().as_mut() {
-                b.set(p.epoch + 1);
-            }
-            eprintln!(
+            b.println(&format!(
                 "{label} epoch {}/{}: loss {loss:.4}, train acc {:.2}%",
                 p.epoch + 1,
                 p.epochs,
                 100.0 * acc
-            );
+            ));
         }
     };
     let mut hooks = Hooks {
@@ -164,15 +171,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(p) = bar.borrow_mut().take() {
         p.finish();
     }
-    write_timings(&run_dir, &stages.borrow())?;
+    // Only for a run that started (a config error leaves no folder behind).
+    if run_dir.join("config.toml").is_file() {
+        write_timings(&run_dir, &stages.borrow())?;
+    }
     result?;
-    eprintln!("run finished: {}", run_dir.display());
+    say!("run finished: {}", run_dir.display());
     Ok(())
 }
 
 /// Appends this invocation's stage times to `RUN/timings.json`: `{"stages": [[name,
 /// seconds], ...], "peak_rss_mib": max over invocations}`.
-fn write_timings(run_dir: &Path, stages: &[(String, std::time::Instant)]) -> anyhow::Result<()> {
+fn write_timings(
+    run_dir: &std::path::Path,
+    stages: &[(String, std::time::Instant)],
+) -> anyhow::Result<()> {
     let path = run_dir.join("timings.json");
     let mut doc: serde_json::Value = std::fs::read(&path)
         .ok()
@@ -195,88 +208,22 @@ fn write_timings(run_dir: &Path, stages: &[(String, std::time::Instant)]) -> any
         .with_context(|| format!("writing {}", path.display()))
 }
 
-#[derive(ClapArgs, Debug)]
-pub struct PredictArgs {
-    #[arg(long)]
-    run: PathBuf,
-    #[arg(long)]
-    images: PathBuf,
-    #[arg(long)]
-    out: PathBuf,
-    #[command(flatten)]
-    opts: RunOpts,
-}
-
-/// Class names, the indices of the images that could be read, and each classifier's
-/// probabilities over them (row-major `[kept, C]`).
-type RunProbs = (Vec<String>, Vec<usize>, Vec<Vec<f32>>);
-
-/// Ensemble probabilities (mean of F1's and F2's softmax) for `paths`, plus each model's.
-fn ensemble_probs(
-    run: &Path,
-    paths: Vec<PathBuf>,
-    batch_size: usize,
-    device: &Device,
-    label: &str,
-    strict: bool,
-) -> anyhow::Result<RunProbs> {
-    let (_, classes, models) = pipeline::load_classifiers(run, device)?;
-    let opts = InferOptions {
-        batch_size,
-        device: device.clone(),
-        limits: DecodeLimits::default(),
-    };
-    let mut per_model = Vec::new();
-    let mut kept = Vec::new();
-    for (i, m) in models.iter().enumerate() {
-        let mut progress = Progress::new(&format!("{label} F{}", i + 1), paths.len());
-        let e = embed_images_with(
-            m.vision.config.image_size,
-            paths.clone(),
-            &opts,
-            |d| progress.set(d),
-            |px| classifier_probs(m, px),
-        );
-        progress.finish();
-        if i == 0 {
-            common::check_skipped(&e.skipped, strict)?;
-        }
-        kept = e.kept;
-        per_model.push(e.data);
-    }
-    Ok((classes, kept, per_model))
-}
-
-pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let device = a.opts.setup()?;
-    let paths = common::scan_folder(&a.images, a.opts.strict)?;
-    let (classes, kept, probs) = ensemble_probs(
-        &a.run,
-        paths.clone(),
-        a.opts.batch_size,
-        &device,
-        "predict",
-        a.opts.strict,
-    )?;
-    let c = classes.len();
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "pred".to_string()];
-    header.extend(classes.iter().cloned());
-    w.write_record(&header)?;
-    for (r, &i) in kept.iter().enumerate() {
-        let p: Vec<f32> = (0..c)
-            .map(|j| probs.iter().map(|p| p[r * c + j]).sum::<f32>() / probs.len() as f32)
-            .collect();
-        let pred = super::zero_shot::argmax(&p);
-        let mut rec = vec![
-            common::relative(&paths[i], &a.images),
-            classes[pred].clone(),
-        ];
-        rec.extend(p.iter().map(|x| x.to_string()));
-        w.write_record(&rec)?;
-    }
-    coft::util::write_atomic(&a.out, &w.into_inner()?)?;
-    eprintln!("wrote {} predictions to {}", kept.len(), a.out.display());
+/// `--dry-run`: the config and data checks of a run, without the run.
+fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
+    let cfg = resolve_config(a)?;
+    let spec: coft::data::source::DataSpec =
+        cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+    let ds = spec
+        .load()
+        .with_context(|| format!("loading data {}", cfg.data))?;
+    let (u, _) = pipeline::split_data(&ds);
+    pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
+    say!(
+        "ok: {} classes, {} images in the pool",
+        ds.classes.len(),
+        u.samples.len()
+    );
+    print!("{}", toml::to_string_pretty(&cfg)?);
     Ok(())
 }
 
@@ -293,7 +240,6 @@ pub struct EvalArgs {
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = a.opts.setup()?;
-    let cfg = TrainConfig::load(&a.run.join("config.toml"))?;
     let spec: coft::data::source::DataSpec =
         a.data.parse().map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let ds = spec.load()?;
@@ -302,100 +248,45 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if !test.has_labels() {
         bail!("{}: no labels to evaluate against", a.data);
     }
-    let paths: Vec<PathBuf> = test.samples.iter().map(|s| s.path.clone()).collect();
-    let truth: Vec<Option<usize>> = test.samples.iter().map(|s| s.label).collect();
-    let (classes, kept, probs) = ensemble_probs(
+    let mut bar: Option<(String, Progress)> = None;
+    let ev = coft::method::evaluate::evaluate_run(
         &a.run,
-        paths.clone(),
+        &test,
         a.opts.batch_size,
         &device,
-        "eval",
-        a.opts.strict,
+        &mut |what, done, total| {
+            if bar.as_ref().is_none_or(|(w, _)| w != what) {
+                if let Some((_, p)) = bar.take() {
+                    p.finish();
+                }
+                bar = Some((
+                    what.to_string(),
+                    Progress::new(&format!("eval {what}"), total),
+                ));
+            }
+            if let Some((_, p)) = bar.as_mut() {
+                p.set(done);
+            }
+        },
     )?;
-    if classes != ds.classes {
-        bail!("the run's classes differ from {}'s", a.data);
+    if let Some((_, p)) = bar.take() {
+        p.finish();
     }
-    let c = classes.len();
-    let acc = |p: &dyn Fn(usize) -> Vec<f32>| -> f64 {
-        let mut right = 0;
-        let mut n = 0;
-        for (r, &i) in kept.iter().enumerate() {
-            if let Some(t) = truth[i] {
-                n += 1;
-                right += usize::from(super::zero_shot::argmax(&p(r)) == t);
-            }
-        }
-        100.0 * right as f64 / n.max(1) as f64
-    };
+    common::check_skipped(&ev.skipped, a.opts.strict)?;
+    let classes = ev.classes.clone();
     let mut report: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    // Zero-shot with the same templates as the run, by the model that pseudo-labelled.
-    let (clip, _) = coft::clip::weights::load_model(cfg.phase1_model(), &device)?;
-    let tokenizer = coft::clip::tokenizer::Tokenizer::new()?;
-    let t = pipeline::zero_shot_classifier(&cfg, &clip, &classes, &ds.templates, &tokenizer, false)
-        .context("the run's templates")?;
-    let opts = InferOptions {
-        batch_size: a.opts.batch_size,
-        device: device.clone(),
-        limits: DecodeLimits::default(),
-    };
-    let zs = coft::infer::embed_images(&clip, paths.clone(), &opts, |_| {});
-    // The Phase I models, each with its visual prompts and positive text prompts.
-    let (class_prompts, learners) =
-        pipeline::load_prompt_models(&a.run, &cfg, &clip, &classes, &device.clone().autodiff())?;
-    let mut phase1_preds = Vec::new();
-    for (m, learner) in learners.iter().enumerate() {
-        let mut progress = Progress::new(&format!("eval M{}", m + 1), paths.len());
-        let emb =
-            coft::method::phase2::embed_with_prompts(&clip, learner, paths.clone(), &opts, |d| {
-                progress.set(d)
-            });
-        progress.finish();
-        if emb.kept != kept {
-            bail!("M{} read different images than the classifiers", m + 1);
-        }
-        let view = coft::method::phase2::model_view(&clip, &class_prompts, learner, &emb, &device);
-        phase1_preds.push(view.labels);
+    let cfg = coft::method::pipeline::TrainConfig::load(&a.run.join("config.toml"))?;
+    let mut rows: Vec<(String, f64)> = vec![("zero-shot".into(), ev.accuracy(&ev.zero_shot))];
+    for (m, labels) in ev.phase1_labels.iter().enumerate() {
+        rows.push((format!("M{}", m + 1), ev.label_accuracy(labels)));
     }
-    let hit = |labels: &[usize]| -> f64 {
-        let (mut right, mut n) = (0, 0);
-        for (r, &i) in kept.iter().enumerate() {
-            if let Some(t) = truth[i] {
-                n += 1;
-                right += usize::from(labels[r] == t);
-            }
-        }
-        100.0 * right as f64 / n.max(1) as f64
-    };
-    let n = zs.kept.len();
-    let v: Tensor<2> = Tensor::from_data(TensorData::new(zs.data, [n, zs.dim]), &device);
-    let zp = to_vec(coft::method::zero_shot::probabilities(
-        v,
-        t,
-        clip.logit_scale_exp(),
-    ));
-    let mut rows: Vec<(String, f64)> = vec![(
-        "zero-shot".into(),
-        acc(&|r| zp[r * c..(r + 1) * c].to_vec()),
-    )];
-    for (m, preds) in phase1_preds.iter().enumerate() {
-        rows.push((format!("M{}", m + 1), hit(preds)));
+    for (f, p) in ev.members.iter().enumerate() {
+        rows.push((format!("F{}", f + 1), ev.accuracy(p)));
     }
-    for (f, p) in probs.iter().enumerate() {
-        rows.push((
-            format!("F{}", f + 1),
-            acc(&|r| p[r * c..(r + 1) * c].to_vec()),
-        ));
+    if ev.members.len() > 1 {
+        rows.push(("ensemble".into(), ev.accuracy(&ev.ensemble)));
     }
-    if probs.len() > 1 {
-        rows.push((
-            "ensemble".into(),
-            acc(&|r| {
-                (0..c)
-                    .map(|j| probs.iter().map(|p| p[r * c + j]).sum())
-                    .collect()
-            }),
-        ));
-    }
+    let n_sets = ev.members.len();
     println!("| model | top-1 accuracy (%) |\n|---|---|");
     for (name, a) in rows {
         println!("| {name} | {a:.2} |");
@@ -419,7 +310,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    for i in 1..=probs.len() {
+    for i in 1..=n_sets {
         sets.push((
             format!("S{i} clean"),
             a.run.join(format!("phase2/set_{i}.csv")),

@@ -112,7 +112,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let bytes = w.into_inner().context("writing CSV")?;
     coft::util::write_atomic(&a.out, &bytes)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} predictions to {}", n, a.out.display());
+    say!("wrote {} predictions to {}", n, a.out.display());
     if labels.is_some() {
         println!(
             "top-1 accuracy: {:.2}% ({correct}/{n})",

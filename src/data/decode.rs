@@ -344,7 +344,7 @@ fn apply_orientation(rgb: RgbImage, orientation: Orientation) -> RgbImage {
 }
 
 /// `convert("RGB")` semantics: alpha dropped, grey replicated, 16-bit samples keep the high byte.
-fn to_rgb8_pil(img: DynamicImage) -> RgbImage {
+pub fn to_rgb8_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     let from_fn = |src: &[u8], step: usize, grey: bool| -> RgbImage {
         let mut out = Vec::with_capacity(w as usize * h as usize * 3);

@@ -1,5 +1,7 @@
 //! The paper, stage by stage (METHOD.md). Only step 0 lives here so far.
 
+pub mod config_file;
+pub mod evaluate;
 pub mod losses;
 pub mod moco;
 pub mod phase1;

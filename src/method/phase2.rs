@@ -71,17 +71,46 @@ impl<'de> Deserialize<'de> for Phase2Config {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(d)?;
+        // Parsed again from text so an error can name its key (`phase2.optimizer.kind`).
+        fn part<T: serde::de::DeserializeOwned>(
+            value: toml::Table,
+            prefix: &str,
+        ) -> Result<T, String> {
+            let text = toml::to_string(&value).map_err(|e| e.to_string())?;
+            toml::from_str(&text).map_err(|e: toml::de::Error| {
+                let key = e.span().and_then(|s| key_at(&text, s.start));
+                match key {
+                    Some(k) => format!("{prefix}.{k}: {}", e.message()),
+                    None => format!("{prefix}: {}", e.message()),
+                }
+            })
+        }
         let moco = match table.remove("moco") {
-            Some(v) => v
-                .try_into()
-                .map_err(|e: toml::de::Error| D::Error::custom(format!("moco: {}", e.message())))?,
+            Some(toml::Value::Table(t)) => part(t, "phase2.moco").map_err(D::Error::custom)?,
+            Some(_) => return Err(D::Error::custom("phase2.moco: expected a table")),
             None => Default::default(),
         };
-        let optim = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        let optim = part(table, "phase2").map_err(D::Error::custom)?;
         Ok(Self { optim, moco })
     }
+}
+
+/// The dotted key (relative to the document) of the `key = value` line at `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let upto = text.get(..offset.min(text.len()))?;
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 /// An image encoder with a linear head over its normalised embedding.

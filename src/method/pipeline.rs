@@ -30,7 +30,7 @@ use super::zero_shot;
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
 use crate::data::decode::DecodeLimits;
-use crate::data::source::{DataSpec, Dataset, Split};
+use crate::data::source::{DataSpec, Dataset, Source, Split};
 use crate::infer::{embed_images, InferOptions};
 use crate::train::stage::StageDir;
 
@@ -137,12 +137,39 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Every check that needs no images: each error names the option (`phase1.lr: ...`).
+    /// The checks that need the data's size are in [`check_pool`].
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.model.is_empty() {
             bail!("model: missing (a checkpoint folder, file or hub id)");
         }
         if self.data.is_empty() {
             bail!("data: missing (a data spec)");
+        }
+        let spec: DataSpec = self
+            .data
+            .parse()
+            .map_err(|e| anyhow::anyhow!("data: {e}"))?;
+        let classes_file = match &spec.source {
+            Source::Folder { classes, .. } | Source::Csv { classes, .. } => classes.clone(),
+            Source::Unlabeled { classes, .. } => Some(classes.clone()),
+            _ => None,
+        };
+        if let Some(classes) = classes_file {
+            if !classes.is_file() {
+                bail!(
+                    "data: the classes file {} does not exist",
+                    classes.display()
+                );
+            }
+        }
+        if let Some(t) = &self.templates_json {
+            if !t.is_file() {
+                bail!("templates_json: {} does not exist", t.display());
+            }
+        }
+        if self.templates.iter().any(|t| t.trim().is_empty()) {
+            bail!("templates: an empty template");
         }
         if self.k == 0 {
             bail!("k: must be at least 1");
@@ -162,6 +189,12 @@ impl TrainConfig {
             }
         }
         self.phase2.moco.validate().map_err(anyhow::Error::msg)?;
+        if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+            bail!("lambda: must be >= 0, got {}", self.lambda);
+        }
+        if self.infer_batch_size == 0 {
+            bail!("infer_batch_size: must be at least 1");
+        }
         for (name, o) in [("phase1", &self.phase1), ("phase2", &*self.phase2)] {
             if o.lr <= 0.0 || !o.lr.is_finite() {
                 bail!("{name}.lr: must be > 0, got {}", o.lr);
@@ -169,11 +202,59 @@ impl TrainConfig {
             if o.batch_size == 0 {
                 bail!("{name}.batch_size: must be at least 1");
             }
+            if o.epochs == 0 {
+                bail!("{name}.epochs: must be at least 1");
+            }
+            if o.warmup_epochs > o.epochs {
+                bail!(
+                    "{name}.warmup_epochs: {} is more than the {} epochs",
+                    o.warmup_epochs,
+                    o.epochs
+                );
+            }
+            match o.optimizer {
+                crate::train::OptimizerConfig::Sgd(c) => {
+                    if !(0.0..1.0).contains(&c.momentum) {
+                        bail!(
+                            "{name}.optimizer.momentum: must be in [0, 1), got {}",
+                            c.momentum
+                        );
+                    }
+                    if !(c.weight_decay >= 0.0 && c.weight_decay.is_finite()) {
+                        bail!(
+                            "{name}.optimizer.weight_decay: must be >= 0, got {}",
+                            c.weight_decay
+                        );
+                    }
+                }
+                crate::train::OptimizerConfig::AdamW(c) => {
+                    for (key, v) in [("beta1", c.beta1), ("beta2", c.beta2)] {
+                        if !(0.0..1.0).contains(&v) {
+                            bail!("{name}.optimizer.{key}: must be in [0, 1), got {v}");
+                        }
+                    }
+                    if !(c.eps > 0.0 && c.eps.is_finite()) {
+                        bail!("{name}.optimizer.eps: must be > 0, got {}", c.eps);
+                    }
+                    if !(c.weight_decay >= 0.0 && c.weight_decay.is_finite()) {
+                        bail!(
+                            "{name}.optimizer.weight_decay: must be >= 0, got {}",
+                            c.weight_decay
+                        );
+                    }
+                }
+            }
         }
         crate::data::augment::crop_flip(224, self.crop_scale_min)
             .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
         if self.prompts.n_ctx == 0 {
             bail!("prompts.n_ctx: must be at least 1");
+        }
+        if !(self.prompts.init_std > 0.0 && self.prompts.init_std.is_finite()) {
+            bail!(
+                "prompts.init_std: must be > 0, got {}",
+                self.prompts.init_std
+            );
         }
         Ok(())
     }
@@ -357,30 +438,52 @@ fn selected_set(
     }
 }
 
-/// Run (or resume) the configured method in `run_dir`.
-pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::Result<()> {
-    cfg.validate()?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    cfg.save(&run_dir.join("config.toml"))?;
-    let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
-    let ds = spec
-        .load()
-        .with_context(|| format!("loading data {}", cfg.data))?;
-    let (u, _test) = split_data(&ds);
-    let c = ds.classes.len();
+/// The checks that need the data: at least 2 classes, 2 images per class in the pool `U`,
+/// and K no larger than the pool (an error naming `k`).
+pub fn check_pool(cfg: &TrainConfig, pool: usize, classes: usize) -> anyhow::Result<()> {
+    let c = classes;
     if c < 2 {
         bail!(
             "{}: the method needs at least 2 classes, found {c}",
             cfg.data
         );
     }
-    if u.samples.len() < 2 * c {
+    if pool < 2 * c {
         bail!(
-            "{}: {} images for {c} classes is too few for the method (need at least 2 per class)",
+            "{}: {pool} images for {c} classes is too few for the method (need at least 2 per class)",
             cfg.data,
-            u.samples.len()
         );
     }
+    if cfg.k > pool {
+        bail!(
+            "k: K = {} images per class is more than the whole pool ({pool} images in {})",
+            cfg.k,
+            cfg.data
+        );
+    }
+    if cfg.k * c > pool {
+        tracing::warn!(
+            "k: K = {} for {c} classes asks for {} images, more than the pool's {pool}; every class keeps what it has",
+            cfg.k,
+            cfg.k * c
+        );
+    }
+    Ok(())
+}
+
+/// Run (or resume) the configured method in `run_dir`.
+pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+    let ds = spec
+        .load()
+        .with_context(|| format!("loading data {}", cfg.data))?;
+    let (u, _test) = split_data(&ds);
+    let c = ds.classes.len();
+    // Checked before the run folder is created, so a wrong option leaves nothing behind.
+    check_pool(cfg, u.samples.len(), c)?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    cfg.save(&run_dir.join("config.toml"))?;
     // U, plus the semi-supervised images that are not already in it.
     let mut paths: Vec<PathBuf> = u.samples.iter().map(|s| s.path.clone()).collect();
     let mut truth: Vec<Option<usize>> = u.samples.iter().map(|s| s.label).collect();

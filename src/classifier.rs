@@ -1,0 +1,533 @@
+//! The trained classifier as a library object: the F1 + F2 ensemble of a finished run
+//! (METHOD.md Phase II step 2: the mean of both models' softmax), loaded from the run folder
+//! or from a standalone folder written by [`export_run`] (`coft export`).
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let clf = coft::Classifier::load("my_classifier".as_ref())?;
+//! let p = clf.predict(std::path::Path::new("photo.jpg"))?;
+//! println!("{} ({:.1}%)", p.class, 100.0 * p.confidence);
+//! let img = image::open("other.png")?;
+//! let p = clf.predict(&img)?;
+//! assert_eq!(p.probabilities.len(), clf.classes().len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! An exported folder holds `coft_classifier.json` (format, preprocessing, vision tower
+//! shape, the ensemble's weight files), `classes.txt` and `f1.safetensors` / `f2.safetensors`
+//! (image encoder + linear head each, as `final/` of the run).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::clip::config::{Activation, ClipConfig, TextConfig, VisionConfig};
+use crate::clip::preprocess::{preprocess_into, PreprocessConfig};
+use crate::clip::vision::VisionTower;
+use crate::clip::weights::{build_clip, hf_specs, HostTensor, TensorMap};
+use crate::data::decode::{decode_rgb, DecodeLimits};
+use crate::data::loader::Skipped;
+use crate::infer::{embed_images_with, to_vec, InferOptions};
+use crate::method::phase2;
+
+/// File name of the export description.
+pub const EXPORT_FILE: &str = "coft_classifier.json";
+/// The `format` value of [`ExportConfig`].
+pub const EXPORT_FORMAT: &str = "coft-classifier";
+/// The version this build writes and reads.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// What `coft_classifier.json` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Always `coft-classifier`.
+    pub format: String,
+    pub version: u32,
+    /// Class names file (one per line, in the order of the probability columns).
+    pub classes: String,
+    /// The ensemble's members: each an image encoder + linear head (safetensors, burn
+    /// module names); the prediction is the mean of their softmax outputs.
+    pub models: Vec<String>,
+    pub preprocess: PreprocessSpec,
+    /// Shape of the image encoder (ViT) the weights load into.
+    pub vision: VisionConfig,
+    /// Width of the image embedding the head reads.
+    pub projection_dim: usize,
+    /// Where the classifier came from (informational).
+    pub source: ExportSource,
+}
+
+/// How an image becomes the encoder's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    /// Side of the square input.
+    pub image_size: u32,
+    /// Always `shorter_side_bicubic_center_crop`: shorter side to `image_size` with Pillow's
+    /// bicubic filter, then a centred square crop (METHOD.md, "Preprocessing").
+    pub resize: String,
+    /// Per-channel mean and std applied after scaling to `[0, 1]`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// The one resize mode this build implements.
+pub const RESIZE_MODE: &str = "shorter_side_bicubic_center_crop";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSource {
+    pub run: String,
+    pub model: String,
+    pub data: String,
+}
+
+/// One image's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Name of the most probable class.
+    pub class: String,
+    /// Its index into [`Classifier::classes`].
+    pub index: usize,
+    /// Its probability.
+    pub confidence: f32,
+    /// The ensemble's probability of every class, in [`Classifier::classes`] order.
+    pub probabilities: Vec<f32>,
+}
+
+/// Predictions for a list of files: the unreadable ones are skipped and reported.
+pub struct PathPredictions {
+    /// Indices into the input paths of the rows below.
+    pub kept: Vec<usize>,
+    pub skipped: Vec<Skipped>,
+    /// Each ensemble member's probabilities, row-major `[kept.len(), C]`.
+    pub per_model: Vec<Vec<f32>>,
+    /// The ensemble's probabilities, row-major `[kept.len(), C]`.
+    pub probabilities: Vec<f32>,
+}
+
+/// Something [`Classifier::predict`] can read: an image in memory or a file.
+pub trait ImageInput {
+    /// The image as 8-bit RGB, decoded the way training read its images.
+    fn to_rgb(&self) -> anyhow::Result<RgbImage>;
+}
+
+impl ImageInput for DynamicImage {
+    fn to_rgb(&self) -> anyhow::Result<RgbImage> {
+        Ok(crate::data::decode::to_rgb8_pil(self.clone()))
+    }
+}
+
+impl ImageInput for RgbImage {
+    fn to_rgb(&self) -> anyhow::Result<RgbImage> {
+        Ok(self.clone())
+    }
+}
+
+impl ImageInput for Path {
+    fn to_rgb(&self) -> anyhow::Result<RgbImage> {
+        Ok(decode_rgb(self, &DecodeLimits::default())?)
+    }
+}
+
+impl ImageInput for PathBuf {
+    fn to_rgb(&self) -> anyhow::Result<RgbImage> {
+        self.as_path().to_rgb()
+    }
+}
+
+impl<T: ImageInput + ?Sized> ImageInput for &T {
+    fn to_rgb(&self) -> anyhow::Result<RgbImage> {
+        (**self).to_rgb()
+    }
+}
+
+/// The F1 + F2 ensemble with its class names and preprocessing.
+pub struct Classifier {
+    classes: Vec<String>,
+    models: Vec<phase2::Classifier>,
+    preprocess: PreprocessConfig,
+    device: Device,
+    batch_size: usize,
+}
+
+impl Classifier {
+    /// Load an exported classifier folder (see [`export_run`]) on the CPU.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_on(dir, &Device::flex())
+    }
+
+    /// Load an exported classifier folder on `device`.
+    pub fn load_on(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let desc = dir.join(EXPORT_FILE);
+        let text = std::fs::read_to_string(&desc).with_context(|| {
+            format!(
+                "reading {} (is {} a folder written by `coft export`?)",
+                desc.display(),
+                dir.display()
+            )
+        })?;
+        let cfg: ExportConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid classifier description", desc.display()))?;
+        if cfg.format != EXPORT_FORMAT {
+            bail!(
+                "{}: format is {:?}, expected {EXPORT_FORMAT:?}",
+                desc.display(),
+                cfg.format
+            );
+        }
+        if cfg.version != EXPORT_VERSION {
+            bail!(
+                "{}: version {} is not supported by this coft (reads version {EXPORT_VERSION})",
+                desc.display(),
+                cfg.version
+            );
+        }
+        if cfg.preprocess.resize != RESIZE_MODE {
+            bail!(
+                "{}: preprocess.resize {:?} is not supported (only {RESIZE_MODE:?})",
+                desc.display(),
+                cfg.preprocess.resize
+            );
+        }
+        if cfg.preprocess.image_size as usize != cfg.vision.image_size {
+            bail!(
+                "{}: preprocess.image_size {} differs from vision.image_size {}",
+                desc.display(),
+                cfg.preprocess.image_size,
+                cfg.vision.image_size
+            );
+        }
+        if cfg.models.is_empty() {
+            bail!("{}: models: the ensemble is empty", desc.display());
+        }
+        let classes = crate::method::zero_shot::read_classes(&dir.join(&cfg.classes))?;
+        let vision = vision_skeleton(&cfg.vision, cfg.projection_dim, device)
+            .with_context(|| format!("{}: vision", desc.display()))?;
+        let models = load_members(
+            &vision,
+            classes.len(),
+            cfg.projection_dim,
+            cfg.models.iter().map(|m| dir.join(m)),
+            device,
+        )?;
+        tracing::debug!(
+            dir = %dir.display(),
+            classes = classes.len(),
+            members = models.len(),
+            image_size = cfg.preprocess.image_size,
+            "classifier loaded"
+        );
+        Ok(Self {
+            classes,
+            models,
+            preprocess: PreprocessConfig {
+                image_size: cfg.preprocess.image_size,
+                mean: cfg.preprocess.mean,
+                std: cfg.preprocess.std,
+            },
+            device: device.clone(),
+            batch_size: 32,
+        })
+    }
+
+    /// The classifier of a finished run (`RUN/final`), reading the run's base model for the
+    /// encoder's shape.
+    pub fn from_run(run: &Path, device: &Device) -> anyhow::Result<Self> {
+        let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+        let (clip, _) = crate::clip::weights::load_model(&cfg.model, device)
+            .with_context(|| format!("loading the run's model {}", cfg.model))?;
+        Self::from_run_with(run, &clip.vision, device)
+    }
+
+    /// Like [`Classifier::from_run`] with the base model's image encoder already loaded
+    /// (its weights are replaced; only its structure is used).
+    pub fn from_run_with(run: &Path, base: &VisionTower, device: &Device) -> anyhow::Result<Self> {
+        let fin = run.join("final");
+        let classes_path = fin.join("classes.txt");
+        if !classes_path.is_file() {
+            bail!(
+                "{}: not a finished run ({} is missing; finish it with `coft train --resume {}`)",
+                run.display(),
+                classes_path.display(),
+                run.display()
+            );
+        }
+        let classes = crate::method::zero_shot::read_classes(&classes_path)?;
+        let d = base.projection.val().dims()[1];
+        let models = load_members(
+            base,
+            classes.len(),
+            d,
+            (1..)
+                .map(|i| fin.join(format!("f{i}.safetensors")))
+                .take_while(|p| p.is_file()),
+            device,
+        )?;
+        tracing::debug!(
+            run = %run.display(),
+            classes = classes.len(),
+            members = models.len(),
+            "run classifier loaded"
+        );
+        Ok(Self {
+            classes,
+            preprocess: PreprocessConfig::clip(base.config.image_size as u32),
+            models,
+            device: device.clone(),
+            batch_size: 32,
+        })
+    }
+
+    /// Class names, in the order of [`Prediction::probabilities`].
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Number of ensemble members (2 for CoFT).
+    pub fn num_models(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Images per forward pass in [`Classifier::predict_batch`] and
+    /// [`Classifier::predict_paths`] (default 32).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Predict one image: an [`image::DynamicImage`], an [`image::RgbImage`] or a file path.
+    pub fn predict<I: ImageInput + ?Sized>(&self, image: &I) -> anyhow::Result<Prediction> {
+        let rgb = image.to_rgb()?;
+        let probs = self.forward_rgb(std::slice::from_ref(&rgb));
+        Ok(self.prediction(probs.probabilities))
+    }
+
+    /// Predict several images, [`Classifier::batch_size`] at a time; an unreadable one is an
+    /// error naming its position.
+    pub fn predict_batch<I: ImageInput>(&self, images: &[I]) -> anyhow::Result<Vec<Prediction>> {
+        let c = self.classes.len();
+        let mut out = Vec::with_capacity(images.len());
+        for (b, chunk) in images.chunks(self.batch_size).enumerate() {
+            let rgb = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, img)| {
+                    img.to_rgb()
+                        .with_context(|| format!("image {}", b * self.batch_size + i))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let probs = self.forward_rgb(&rgb).probabilities;
+            out.extend(probs.chunks(c).map(|p| self.prediction(p.to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// Predict image files with the parallel loader (what `coft predict` runs); unreadable
+    /// files are skipped and listed. `progress(done)` is called after every batch, `done`
+    /// counting up to `paths.len()` times the number of members (each reads every image).
+    pub fn predict_paths(
+        &self,
+        paths: Vec<PathBuf>,
+        progress: &mut dyn FnMut(usize),
+    ) -> PathPredictions {
+        let opts = InferOptions {
+            batch_size: self.batch_size,
+            device: self.device.clone(),
+            limits: DecodeLimits::default(),
+        };
+        let mut per_model = Vec::new();
+        let mut kept = Vec::new();
+        let mut skipped = Vec::new();
+        let total = paths.len();
+        for (i, m) in self.models.iter().enumerate() {
+            let e = embed_images_with(
+                self.preprocess.image_size as usize,
+                paths.clone(),
+                &opts,
+                |d| progress(i * total + d),
+                |px| phase2::classifier_probs(m, px),
+            );
+            if i == 0 {
+                skipped = e.skipped;
+            }
+            kept = e.kept;
+            per_model.push(e.data);
+        }
+        let probabilities = mean_rows(&per_model);
+        PathPredictions {
+            kept,
+            skipped,
+            per_model,
+            probabilities,
+        }
+    }
+
+    /// The prediction for one row of ensemble probabilities.
+    pub fn prediction(&self, probabilities: Vec<f32>) -> Prediction {
+        let index = argmax(&probabilities);
+        Prediction {
+            class: self.classes[index].clone(),
+            index,
+            confidence: probabilities[index],
+            probabilities,
+        }
+    }
+
+    fn forward_rgb(&self, images: &[RgbImage]) -> PathPredictions {
+        let s = self.preprocess.image_size as usize;
+        let len = self.preprocess.tensor_len();
+        let mut pixels = vec![0f32; images.len() * len];
+        for (img, out) in images.iter().zip(pixels.chunks_mut(len)) {
+            preprocess_into(img, &self.preprocess, out);
+        }
+        let b = images.len();
+        let per_model: Vec<Vec<f32>> = self
+            .models
+            .iter()
+            .map(|m| {
+                let px: Tensor<4> =
+                    Tensor::from_data(TensorData::new(pixels.clone(), [b, 3, s, s]), &self.device);
+                to_vec(softmax(m.forward(px), 1))
+            })
+            .collect();
+        PathPredictions {
+            kept: (0..b).collect(),
+            skipped: Vec::new(),
+            probabilities: mean_rows(&per_model),
+            per_model,
+        }
+    }
+}
+
+/// Element-wise mean of the members' probabilities (`(p1 + p2) / 2` for two, in f32).
+fn mean_rows(per_model: &[Vec<f32>]) -> Vec<f32> {
+    let n = per_model.len() as f32;
+    let len = per_model.first().map_or(0, Vec::len);
+    (0..len)
+        .map(|j| per_model.iter().map(|p| p[j]).sum::<f32>() / n)
+        .collect()
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn load_members(
+    vision: &VisionTower,
+    c: usize,
+    d: usize,
+    files: impl Iterator<Item = PathBuf>,
+    device: &Device,
+) -> anyhow::Result<Vec<phase2::Classifier>> {
+    files
+        .map(|path| {
+            let model = phase2::Classifier::new(vision.clone(), Tensor::zeros([c, d], device));
+            crate::train::load_module(&path, model)
+                .with_context(|| format!("loading {}", path.display()))
+        })
+        .collect()
+}
+
+/// An image encoder of the given shape with zero weights, to load trained weights into.
+fn vision_skeleton(
+    vision: &VisionConfig,
+    projection_dim: usize,
+    device: &Device,
+) -> anyhow::Result<VisionTower> {
+    // build_clip builds both towers; a one-layer-free stub text tower costs nothing.
+    let cfg = ClipConfig {
+        text: TextConfig {
+            vocab_size: 1,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_layers: 0,
+            num_heads: 1,
+            context_length: 3,
+            activation: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        },
+        vision: vision.clone(),
+        projection_dim,
+        logit_scale_init: 0.0,
+    };
+    let map: TensorMap = hf_specs(&cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            (name, HostTensor::new(shape, vec![0.0; n]))
+        })
+        .collect();
+    Ok(build_clip(&cfg, map, device)?.vision)
+}
+
+/// Write a finished run's classifier as a standalone folder `out` (created if needed):
+/// `coft_classifier.json`, `classes.txt`, `f1.safetensors`, `f2.safetensors`. The base
+/// model is read once for the encoder's shape; the weights are copied byte for byte.
+pub fn export_run(run: &Path, out: &Path, device: &Device) -> anyhow::Result<ExportConfig> {
+    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let clf = Classifier::from_run(run, device)?;
+    let vision = clf.models[0].vision.config.clone();
+    let projection_dim = clf.models[0].vision.projection.val().dims()[1];
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut models = Vec::new();
+    for i in 1..=clf.models.len() {
+        let name = format!("f{i}.safetensors");
+        let src = run.join("final").join(&name);
+        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        let dst = out.join(&name);
+        crate::util::write_atomic(&dst, &bytes)
+            .with_context(|| format!("writing {}", dst.display()))?;
+        models.push(name);
+    }
+    let mut names = clf.classes.join("\n");
+    names.push('\n');
+    let classes_path = out.join("classes.txt");
+    crate::util::write_atomic(&classes_path, names.as_bytes())
+        .with_context(|| format!("writing {}", classes_path.display()))?;
+    let desc = ExportConfig {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        classes: "classes.txt".into(),
+        models,
+        preprocess: PreprocessSpec {
+            image_size: clf.preprocess.image_size,
+            resize: RESIZE_MODE.into(),
+            mean: clf.preprocess.mean,
+            std: clf.preprocess.std,
+        },
+        vision,
+        projection_dim,
+        source: ExportSource {
+            run: run.display().to_string(),
+            model: cfg.model.clone(),
+            data: cfg.data.clone(),
+        },
+    };
+    let json = serde_json::to_string_pretty(&desc)?;
+    let path = out.join(EXPORT_FILE);
+    crate::util::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(desc)
+}

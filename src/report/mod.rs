@@ -1,0 +1,723 @@
+//! A run directory as one self-contained HTML page (`coft report`): training curves from
+//! every `metrics.jsonl`, the size and precision of every pseudo-label set, the confusion
+//! matrix and per-class accuracy against zero-shot, and a grid of images with their
+//! predictions, the confidently wrong ones first.
+//!
+//! Everything is inline: SVG plots drawn by [`svg`], thumbnails as base64 data URIs, a few
+//! lines of CSS and one small script that checks every plot is on the page (it adds
+//! `<div id="report-ok">`, or logs a console error naming the missing ones). No network.
+
+pub mod svg;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::method::pseudo_labels::{self, PseudoLabel};
+use svg::{escape, Series};
+
+/// What the report shows besides the run's own files.
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    /// At most this many images in the grid.
+    pub max_images: usize,
+    /// Longer side of each thumbnail, in pixels.
+    pub thumb_size: u32,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        Self {
+            max_images: 48,
+            thumb_size: 64,
+        }
+    }
+}
+
+/// Predictions of the final classifier on images with known classes.
+#[derive(Clone, Debug)]
+pub struct Labeled {
+    /// What the accuracy was computed on, in words (shown on the page).
+    pub source: String,
+    pub classes: Vec<String>,
+    pub items: Vec<LabeledItem>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabeledItem {
+    pub path: PathBuf,
+    pub truth: usize,
+    /// The final ensemble's class and probability.
+    pub pred: usize,
+    pub confidence: f32,
+    /// Zero-shot's class, when known.
+    pub zero_shot: Option<usize>,
+}
+
+impl Labeled {
+    /// From an evaluation on a labeled split (`coft report --data`).
+    pub fn from_evaluation(ev: &crate::method::evaluate::Evaluation, source: String) -> Self {
+        let ens = ev.predictions(&ev.ensemble);
+        let zs = ev.predictions(&ev.zero_shot);
+        Self {
+            source,
+            classes: ev.classes.clone(),
+            items: ev
+                .paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| LabeledItem {
+                    path: p.clone(),
+                    truth: ev.truth[i],
+                    pred: ens[i].0,
+                    confidence: ens[i].1,
+                    zero_shot: Some(zs[i].0),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Without a labeled split: the final ensemble's predictions on the run's own pool `U`,
+/// scored against the true labels `stage0/pseudo_labels.csv` carries when the data had
+/// them; zero-shot's class is stage 0's pseudo-label. `Err(reason)` (not an error) when
+/// there is nothing to score: no final classifier yet, or no true labels.
+pub fn labeled_from_pool(
+    run: &Path,
+    device: &burn::tensor::Device,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Result<Labeled, String>> {
+    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    if !run.join("final/classes.txt").is_file() {
+        return Ok(Err(
+            "The run has no final classifier yet, so there is no accuracy to show.".into(),
+        ));
+    }
+    let classes = crate::method::zero_shot::read_classes(&run.join("final/classes.txt"))?;
+    let pl = run.join("stage0/pseudo_labels.csv");
+    let rows = pseudo_labels::read_csv(&pl, &classes).map_err(anyhow::Error::msg)?;
+    let rows: Vec<PseudoLabel> = rows
+        .into_iter()
+        .filter(|r| r.true_label.is_some())
+        .collect();
+    if rows.is_empty() {
+        return Ok(Err(format!(
+            "The training data has no labels ({} has no true_label), so accuracy needs a labeled split: pass --data SPEC.",
+            pl.display()
+        )));
+    }
+    let spec: crate::data::source::DataSpec =
+        cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+    let root = spec
+        .load()
+        .with_context(|| format!("loading the run's data {} to find its images", cfg.data))?
+        .root;
+    let paths: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.path)).collect();
+    let clf = crate::classifier::Classifier::from_run(run, device)?.with_batch_size(batch_size);
+    let total = paths.len() * clf.num_models();
+    let preds = clf.predict_paths(paths.clone(), &mut |d| progress(d, total));
+    let c = classes.len();
+    let items = preds
+        .kept
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| {
+            let p = clf.prediction(preds.probabilities[r * c..(r + 1) * c].to_vec());
+            LabeledItem {
+                path: paths[i].clone(),
+                truth: rows[i].true_label.unwrap_or_default(),
+                pred: p.index,
+                confidence: p.confidence,
+                zero_shot: Some(rows[i].label),
+            }
+        })
+        .collect::<Vec<_>>();
+    Ok(Ok(Labeled {
+        source: format!(
+            "the {} training images of the run (the unlabeled pool U; their true labels come from stage0/pseudo_labels.csv and were never used in training). This is transductive accuracy; pass --data with a test split for held-out accuracy. Zero-shot here is stage 0's pseudo-label",
+            items.len()
+        ),
+        classes,
+        items,
+    }))
+}
+
+/// One metrics log: its folder relative to the run (`phase1/m1`) and its records.
+pub struct MetricsLog {
+    pub name: String,
+    pub records: Vec<crate::train::Record>,
+}
+
+/// One pseudo-label CSV: its path relative to the run and its rows.
+pub struct PseudoLabelFile {
+    pub name: String,
+    pub rows: Vec<PseudoLabel>,
+}
+
+/// Files under `run` whose name satisfies `keep`, sorted, relative paths with `/`.
+fn find_files(run: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![run.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(keep) {
+                let rel = p
+                    .strip_prefix(run)
+                    .unwrap_or(&p)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((rel, p));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every `metrics.jsonl` in the run, by folder.
+pub fn collect_metrics(run: &Path) -> anyhow::Result<Vec<MetricsLog>> {
+    find_files(run, &|n| n == "metrics.jsonl")
+        .into_iter()
+        .map(|(rel, p)| {
+            let records = crate::train::read_metrics(&p)?;
+            let name = rel
+                .strip_suffix("/metrics.jsonl")
+                .unwrap_or(&rel)
+                .to_string();
+            Ok(MetricsLog { name, records })
+        })
+        .collect()
+}
+
+const PSEUDO_LABEL_HEADER: &str = "path,label,confidence,selected,clean,true_label";
+
+/// Every pseudo-label CSV in the run (recognised by its header), by path: stage0's S*, the
+/// Phase II sets, and any round's (`stage0/round_2/...`) as CoFT+ adds them.
+pub fn collect_pseudo_labels(
+    run: &Path,
+    classes: &[String],
+) -> anyhow::Result<Vec<PseudoLabelFile>> {
+    let mut out = Vec::new();
+    for (rel, p) in find_files(run, &|n| n.ends_with(".csv")) {
+        let head = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if head != PSEUDO_LABEL_HEADER {
+            continue;
+        }
+        let rows = pseudo_labels::read_csv(&p, classes).map_err(anyhow::Error::msg)?;
+        out.push(PseudoLabelFile { name: rel, rows });
+    }
+    // The order of the pipeline: step 0 (and its rounds), Phase I, Phase II, the rest.
+    let rank = |n: &str| {
+        ["stage0", "round", "phase1", "phase2"]
+            .iter()
+            .position(|p| n.starts_with(p))
+            .unwrap_or(4)
+    };
+    out.sort_by(|a, b| (rank(&a.name), &a.name).cmp(&(rank(&b.name), &b.name)));
+    Ok(out)
+}
+
+/// The sets a pseudo-label file defines: selected (S*) and all of U for a step-0 file;
+/// clean and noise for a filtered one.
+pub fn sets_of(file: &PseudoLabelFile) -> Vec<(String, pseudo_labels::SetQuality)> {
+    let filtered = file.rows.iter().any(|r| r.clean.is_some());
+    let q = |name: &str, f: &dyn Fn(&PseudoLabel) -> bool| {
+        (
+            format!("{}: {name}", file.name),
+            pseudo_labels::quality(file.rows.iter().filter(|r| f(r))),
+        )
+    };
+    if filtered {
+        vec![
+            q("clean", &|r| r.clean == Some(true)),
+            q("noise", &|r| r.clean == Some(false)),
+        ]
+    } else {
+        vec![
+            q("all (zero-shot)", &|_| true),
+            q("selected S*", &|r| r.selected),
+        ]
+    }
+}
+
+fn metric(r: &crate::train::Record, key: &str) -> Option<f64> {
+    r.get(key).and_then(Value::as_f64)
+}
+
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A JPEG thumbnail (longer side `size`) as a data URI, or the reason it could not be made.
+pub fn thumbnail_data_uri(path: &Path, size: u32) -> Result<String, String> {
+    let img =
+        crate::data::decode::decode_rgb(path, &Default::default()).map_err(|e| e.to_string())?;
+    let (w, h) = img.dimensions();
+    let scale = f64::from(size) / f64::from(w.max(h).max(1));
+    let (tw, th) = (
+        ((f64::from(w) * scale).round() as u32).max(1),
+        ((f64::from(h) * scale).round() as u32).max(1),
+    );
+    let small = image::imageops::resize(&img, tw, th, image::imageops::FilterType::Triangle);
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
+        .encode_image(&small)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("data:image/jpeg;base64,{}", base64(&bytes)))
+}
+
+struct Page {
+    body: String,
+    plots: Vec<String>,
+}
+
+impl Page {
+    fn plot(&mut self, id: &str, svg: String) {
+        self.plots.push(id.to_string());
+        let _ = write!(self.body, "<div class=\"fig\">{svg}</div>");
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// The report page of `run` (see the module doc). `labeled`: predictions with true classes
+/// for the confusion matrix, per-class accuracy and the image grid; without them those
+/// sections say why they are missing.
+pub fn render(
+    run: &Path,
+    labeled: Option<&Labeled>,
+    note: Option<&str>,
+    opts: &ReportOptions,
+) -> anyhow::Result<String> {
+    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let mut page = Page {
+        body: String::new(),
+        plots: Vec::new(),
+    };
+    let b = &mut page.body;
+    let _ = write!(
+        b,
+        "<h1>coft run report</h1><table class=\"kv\"><tr><th>run</th><td>{}</td></tr><tr><th>method</th><td>{}</td></tr><tr><th>model</th><td>{}</td></tr><tr><th>data</th><td>{}</td></tr><tr><th>K</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>finished</th><td>{}</td></tr></table>",
+        escape(&run.display().to_string()),
+        escape(&format!("{:?}", cfg.method).to_lowercase()),
+        escape(&cfg.model),
+        escape(&cfg.data),
+        cfg.k,
+        cfg.seed,
+        if run.join("final/classes.txt").is_file() { "yes" } else { "no (the page shows the stages that exist)" },
+    );
+
+    // Training curves, grouped by the top-level folder (phase1, phase2, round_r, ...).
+    page.body.push_str("<h2>Training</h2>");
+    let logs = collect_metrics(run)?;
+    tracing::debug!(logs = logs.len(), "metrics logs found");
+    if logs.is_empty() {
+        page.body
+            .push_str("<p class=\"note\">No metrics.jsonl found yet.</p>");
+    }
+    let mut groups: BTreeMap<String, Vec<&MetricsLog>> = BTreeMap::new();
+    for log in &logs {
+        let (group, _) = log.name.rsplit_once('/').unwrap_or(("", &log.name));
+        groups.entry(group.to_string()).or_default().push(log);
+    }
+    for (group, logs) in &groups {
+        let label = if group.is_empty() { "run" } else { group };
+        let series = |key: &str, scale: f64| -> Vec<Series> {
+            logs.iter()
+                .map(|l| Series {
+                    name: l.name.rsplit('/').next().unwrap_or(&l.name).to_string(),
+                    points: l
+                        .records
+                        .iter()
+                        .filter_map(|r| Some((metric(r, "epoch")?, metric(r, key)? * scale)))
+                        .collect(),
+                })
+                .collect()
+        };
+        let id = format!("plot-loss-{}", slug(label));
+        page.plot(
+            &id,
+            svg::line_chart(
+                &id,
+                &format!("{label}: training loss per epoch"),
+                "epoch",
+                "mean loss",
+                &series("loss", 1.0),
+                None,
+            ),
+        );
+        let id = format!("plot-acc-{}", slug(label));
+        page.plot(
+            &id,
+            svg::line_chart(
+                &id,
+                &format!("{label}: training accuracy on pseudo-labels"),
+                "epoch",
+                "accuracy (%)",
+                &series("train_acc", 100.0),
+                Some((0.0, 100.0)),
+            ),
+        );
+    }
+
+    // Pseudo-label sets.
+    let classes = labeled
+        .map(|l| l.classes.clone())
+        .or_else(|| crate::method::zero_shot::read_classes(&run.join("final/classes.txt")).ok());
+    let classes = match classes {
+        Some(c) => c,
+        None => {
+            let spec: crate::data::source::DataSpec =
+                cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+            spec.load()
+                .with_context(|| format!("loading data {} for its class names", cfg.data))?
+                .classes
+        }
+    };
+    page.body.push_str("<h2>Pseudo-label sets</h2>");
+    let files = collect_pseudo_labels(run, &classes)?;
+    tracing::debug!(files = files.len(), "pseudo-label files found");
+    if files.is_empty() {
+        page.body
+            .push_str("<p class=\"note\">No pseudo-label CSV found yet.</p>");
+    } else {
+        let sets: Vec<(String, pseudo_labels::SetQuality)> =
+            files.iter().flat_map(sets_of).collect();
+        let has_truth = sets.iter().any(|(_, q)| q.precision.is_some());
+        page.body.push_str(
+            "<table class=\"data\"><tr><th>set</th><th>size</th><th>precision (%)</th></tr>",
+        );
+        for (name, q) in &sets {
+            let _ = write!(
+                page.body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(name),
+                q.size,
+                fmt_pct(q.precision)
+            );
+        }
+        page.body.push_str("</table>");
+        let cats: Vec<String> = sets.iter().map(|(n, _)| n.clone()).collect();
+        page.plot(
+            "plot-set-sizes",
+            svg::bar_chart(
+                "plot-set-sizes",
+                "pseudo-label set sizes",
+                &cats,
+                &[(
+                    "images".into(),
+                    sets.iter().map(|(_, q)| Some(q.size as f64)).collect(),
+                )],
+                "images",
+                None,
+            ),
+        );
+        if has_truth {
+            page.plot(
+                "plot-set-precision",
+                svg::bar_chart(
+                    "plot-set-precision",
+                    "pseudo-label precision (share of right labels)",
+                    &cats,
+                    &[(
+                        "precision (%)".into(),
+                        sets.iter()
+                            .map(|(_, q)| q.precision.map(|p| 100.0 * p))
+                            .collect(),
+                    )],
+                    "precision (%)",
+                    Some((0.0, 100.0)),
+                ),
+            );
+        } else {
+            page.body.push_str(
+                "<p class=\"note\">The data has no labels, so the sets' precision is unknown.</p>",
+            );
+        }
+    }
+
+    // Accuracy.
+    page.body.push_str("<h2>Accuracy</h2>");
+    match labeled {
+        None => {
+            let _ = write!(
+                page.body,
+                "<p class=\"note\">{}</p>",
+                escape(note.unwrap_or(
+                    "No predictions with true labels: pass --data SPEC with a labeled split."
+                ))
+            );
+        }
+        Some(l) => render_accuracy(&mut page, l, opts),
+    }
+    let expected = serde_json::to_string(&page.plots)?;
+    Ok(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>coft report: {title}</title><style>{STYLE}</style></head><body>{body}<script type=\"application/json\" id=\"expected-plots\">{expected}</script><script>{SCRIPT}</script></body></html>\n",
+        title = escape(&run.display().to_string()),
+        body = page.body,
+        expected = expected.replace("</", "<\\/"),
+    ))
+}
+
+fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
+    let c = l.classes.len();
+    let n = l.items.len();
+    let right = l.items.iter().filter(|i| i.pred == i.truth).count();
+    let zs_known = l.items.iter().all(|i| i.zero_shot.is_some()) && n > 0;
+    let zs_right = l
+        .items
+        .iter()
+        .filter(|i| i.zero_shot == Some(i.truth))
+        .count();
+    let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
+    let _ = write!(
+        page.body,
+        "<p class=\"source\" id=\"accuracy-source\">Computed on {}.</p><table class=\"data\"><tr><th>model</th><th>top-1 accuracy (%)</th></tr><tr><td>final ensemble (F1 + F2)</td><td>{:.2}</td></tr>",
+        escape(&l.source),
+        pct(right)
+    );
+    if zs_known {
+        let _ = write!(
+            page.body,
+            "<tr><td>zero-shot</td><td>{:.2}</td></tr>",
+            pct(zs_right)
+        );
+    }
+    page.body.push_str("</table>");
+    let mut cm = vec![vec![0.0; c]; c];
+    let mut per = vec![(0usize, 0usize, 0usize); c]; // (n, ensemble right, zero-shot right)
+    for it in &l.items {
+        if it.truth < c && it.pred < c {
+            cm[it.truth][it.pred] += 1.0;
+            per[it.truth].0 += 1;
+            per[it.truth].1 += usize::from(it.pred == it.truth);
+            per[it.truth].2 += usize::from(it.zero_shot == Some(it.truth));
+        }
+    }
+    page.plot(
+        "plot-confusion",
+        svg::heatmap(
+            "plot-confusion",
+            "confusion matrix (final ensemble)",
+            &l.classes,
+            &l.classes,
+            &cm,
+            "predicted class",
+            "true class",
+        ),
+    );
+    let acc = |k: usize, m: usize| (m > 0).then(|| 100.0 * k as f64 / m as f64);
+    let mut groups = Vec::new();
+    if zs_known {
+        groups.push((
+            "zero-shot".to_string(),
+            per.iter().map(|&(m, _, z)| acc(z, m)).collect(),
+        ));
+    }
+    groups.push((
+        "final ensemble".to_string(),
+        per.iter().map(|&(m, e, _)| acc(e, m)).collect(),
+    ));
+    page.plot(
+        "plot-per-class",
+        svg::bar_chart(
+            "plot-per-class",
+            "accuracy per class",
+            &l.classes,
+            &groups,
+            "accuracy (%)",
+            Some((0.0, 100.0)),
+        ),
+    );
+
+    // The grid: confidently wrong first, then the least confident right ones.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        let (ia, ib) = (&l.items[a], &l.items[b]);
+        let (wa, wb) = (ia.pred != ia.truth, ib.pred != ib.truth);
+        wb.cmp(&wa).then_with(|| {
+            if wa {
+                ib.confidence.total_cmp(&ia.confidence)
+            } else {
+                ia.confidence.total_cmp(&ib.confidence)
+            }
+        })
+    });
+    order.truncate(opts.max_images);
+    let _ = write!(
+        page.body,
+        "<h2>Sample predictions</h2><p class=\"note\">{} of {n} images: wrong predictions first, most confident first; then right ones, least confident first.</p><div class=\"grid\" id=\"samples\">",
+        order.len()
+    );
+    let name = |i: usize| l.classes.get(i).map_or("?", |s| s.as_str());
+    for &i in &order {
+        let it = &l.items[i];
+        let ok = it.pred == it.truth;
+        let img = match thumbnail_data_uri(&it.path, opts.thumb_size) {
+            Ok(uri) => format!(
+                "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
+                escape(&it.path.display().to_string())
+            ),
+            Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
+        };
+        let zs = it
+            .zero_shot
+            .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
+            .unwrap_or_default();
+        let _ = write!(
+            page.body,
+            "<figure class=\"{cls}\" title=\"{path}\">{img}<figcaption>pred: <b>{p}</b> ({conf:.0}%)<br>true: {t}{zs}</figcaption></figure>",
+            cls = if ok { "right" } else { "wrong" },
+            path = escape(&it.path.display().to_string()),
+            p = escape(name(it.pred)),
+            conf = 100.0 * it.confidence,
+            t = escape(name(it.truth)),
+        );
+    }
+    page.body.push_str("</div>");
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}\
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}\
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}\
+.fig{display:inline-block;vertical-align:top;margin:6px;overflow-x:auto;max-width:100%}\
+.note,.source{color:#555;font-size:13px}\
+.grid{display:flex;flex-wrap:wrap;gap:6px}\
+figure{margin:0;padding:4px;width:120px;font-size:11px;border:3px solid #ccc;text-align:center}\
+figure.wrong{border-color:#D55E00}figure.right{border-color:#009E73}\
+figure img{display:block;margin:0 auto 4px auto;image-rendering:pixelated}\
+.nothumb{height:64px;color:#a00;overflow:hidden}";
+
+/// Checks that every plot the page announced is an `<svg>` that was laid out, and that every
+/// thumbnail decoded; adds `#report-ok` when all is well, logs a console error otherwise.
+const SCRIPT: &str = r#"window.addEventListener('load',function(){
+var ids=JSON.parse(document.getElementById('expected-plots').textContent);
+var bad=ids.filter(function(id){var e=document.getElementById(id);
+return !e||e.tagName.toLowerCase()!=='svg'||!(e.getBBox().width>0);});
+var imgs=Array.prototype.filter.call(document.querySelectorAll('img.thumb'),function(i){return !(i.complete&&i.naturalWidth>0);});
+if(bad.length||imgs.length){console.error('report check failed: plots '+bad.join(',')+'; images '+imgs.length);return;}
+var ok=document.createElement('div');ok.id='report-ok';ok.setAttribute('data-plots',String(ids.length));
+ok.style.display='none';document.body.appendChild(ok);});"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run with CoFT+-style rounds and no labels: every pseudo-label CSV and metrics log
+    /// is found and labelled by its path; no precision plot, no accuracy section.
+    #[test]
+    fn rounds_and_unlabeled_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let cfg = crate::method::pipeline::TrainConfig {
+            model: "m".into(),
+            data: "d".into(),
+            ..Default::default()
+        };
+        cfg.save(&run.join("config.toml")).unwrap();
+        let classes: Vec<String> = vec!["a".into(), "b".into()];
+        std::fs::create_dir_all(run.join("final")).unwrap();
+        std::fs::write(run.join("final/classes.txt"), "a\nb\n").unwrap();
+        let row = |label, selected, clean| PseudoLabel {
+            path: "x.jpg".into(),
+            label,
+            confidence: 0.5,
+            selected,
+            clean,
+            true_label: None,
+        };
+        let s0 = vec![row(0, true, None), row(1, false, None)];
+        pseudo_labels::write_csv(&run.join("stage0/pseudo_labels.csv"), &s0, &classes).unwrap();
+        pseudo_labels::write_csv(&run.join("stage0/round_2/selected_1.csv"), &s0, &classes)
+            .unwrap();
+        let p2 = vec![row(0, true, Some(true)), row(1, false, Some(false))];
+        pseudo_labels::write_csv(&run.join("phase2/set_1.csv"), &p2, &classes).unwrap();
+        std::fs::write(run.join("phase2/other.csv"), "a,b\n1,2\n").unwrap();
+        for stage in ["round_2/m1", "phase1/m1"] {
+            let mut w = crate::train::MetricsWriter::append(&run.join(stage).join("metrics.jsonl"))
+                .unwrap();
+            for e in 1..=3 {
+                w.write(&serde_json::json!({"epoch": e, "loss": 1.0 / e as f64, "train_acc": 0.5}))
+                    .unwrap();
+            }
+        }
+        let files = collect_pseudo_labels(run, &classes).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "stage0/pseudo_labels.csv",
+                "stage0/round_2/selected_1.csv",
+                "phase2/set_1.csv"
+            ]
+        );
+        let html = render(run, None, Some("no labels here"), &ReportOptions::default()).unwrap();
+        for id in ["plot-loss-phase1", "plot-acc-round-2", "plot-set-sizes"] {
+            assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
+        }
+        assert!(html.contains("stage0/round_2/selected_1.csv: selected S*"));
+        assert!(html.contains("phase2/set_1.csv: noise"));
+        assert!(!html.contains("plot-set-precision") && !html.contains("plot-confusion"));
+        assert!(html.contains("no labels here"));
+        assert!(html.contains("precision is unknown"));
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}

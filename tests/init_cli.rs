@@ -1,0 +1,152 @@
+//! `coft init` writes a commented config that `coft train --config` reads back to the same
+//! resolved options; wrong options fail before any work with the key named.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn coft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coft"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny/hf")
+}
+
+fn stdout_ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails_naming(o: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail naming {needle}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn init_round_trips_to_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_shapes(&dir.path().join("data"), 6, 1, 0.0, 0);
+    let (data, model) = (data.to_str().unwrap(), model());
+    let model = model.to_str().unwrap();
+    let file = dir.path().join("coft.toml");
+    let f = file.to_str().unwrap();
+    stdout_ok(&coft(&[
+        "init", "--data", data, "--model", model, "--out", f,
+    ]));
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Commented, every section present.
+    for s in [
+        "# K: the top-K",
+        "[prompts]",
+        "[phase1]",
+        "[phase1.optimizer]",
+        "[phase2.optimizer]",
+        "# templates_json = ",
+    ] {
+        assert!(text.contains(s), "missing {s:?} in\n{text}");
+    }
+    let run = dir.path().join("run");
+    let r = run.to_str().unwrap();
+    let from_file = stdout_ok(&coft(&["train", "--config", f, "--out", r, "--dry-run"]));
+    let from_flags = stdout_ok(&coft(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        r,
+        "--dry-run",
+    ]));
+    assert_eq!(from_file, from_flags);
+    assert!(from_file.contains("k = 16") && from_file.contains("lr = 0.0005"));
+    assert!(!run.exists(), "--dry-run must write nothing");
+
+    // Not overwritten without --force.
+    fails_naming(
+        &coft(&["init", "--data", data, "--model", model, "--out", f]),
+        "--force",
+    );
+
+    // A ViT-L/14 preset changes only the fine-tuning batch, its lr and the inference batch.
+    let l14 = dir.path().join("l14.toml");
+    let l = l14.to_str().unwrap();
+    let o = coft(&[
+        "init",
+        "--data",
+        data,
+        "--model",
+        "random:ViT-L/14",
+        "--out",
+        l,
+    ]);
+    stdout_ok(&o);
+    let resolved = stdout_ok(&coft(&["train", "--config", l, "--out", r, "--dry-run"]));
+    let defaults = stdout_ok(&coft(&[
+        "train",
+        "--model",
+        "random:ViT-L/14",
+        "--data",
+        data,
+        "--out",
+        r,
+        "--dry-run",
+    ]));
+    let diff: Vec<(&str, &str)> = resolved
+        .lines()
+        .zip(defaults.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        diff,
+        vec![
+            ("infer_batch_size = 32", "infer_batch_size = 64"),
+            ("lr = 0.00025", "lr = 0.0005"),
+            ("batch_size = 32", "batch_size = 64"),
+        ]
+    );
+}
+
+#[test]
+fn wrong_options_fail_before_any_work_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_shapes(&dir.path().join("data"), 3, 2, 0.0, 0);
+    let (data, model) = (data.to_str().unwrap().to_string(), model());
+    let model = model.to_str().unwrap();
+    let run = dir.path().join("run");
+    let r = run.to_str().unwrap();
+    let file = dir.path().join("bad.toml");
+    let cases = [
+        ("[phase1]\nfoo = 1\n", "phase1.foo"),
+        ("[prompts]\nn_ctx = \"many\"\n", "prompts.n_ctx"),
+        ("k = \"many\"\n", "k: invalid type"),
+        ("[phase2]\nlr = -1.0\n", "phase2.lr"),
+        ("[phase1]\nlr = 0.0\n", "phase1.lr"),
+        ("[phase1]\nepochs = 0\n", "phase1.epochs"),
+        (
+            "[phase2.optimizer]\nkind = \"adam\"\n",
+            "phase2.optimizer.kind",
+        ),
+        ("k = 13\n", "k: K = 13"),
+    ];
+    for (extra, needle) in cases {
+        let text = format!("model = {model:?}\ndata = {data:?}\n{extra}");
+        std::fs::write(&file, text).unwrap();
+        // The real command, not a dry run: it must stop before creating the run folder.
+        let o = coft(&["train", "--config", file.to_str().unwrap(), "--out", r]);
+        fails_naming(&o, needle);
+        assert!(!run.exists(), "{needle}: the run folder was created");
+    }
+    let missing = format!("unlabeled:{data}?classes={}/nope.txt", dir.path().display());
+    fails_naming(
+        &coft(&["train", "--model", model, "--data", &missing, "--out", r]),
+        "data: the classes file",
+    );
+    assert!(!run.exists());
+}
