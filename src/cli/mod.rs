@@ -15,6 +15,7 @@ mod bench_method;
 mod bench_train;
 mod common;
 mod data;
+mod demo;
 mod embed;
 mod init;
 mod predict;
@@ -79,6 +80,8 @@ enum Command {
     Export(predict::ExportArgs),
     /// Accuracy of zero-shot, F1, F2 and the ensemble, and pseudo-label quality.
     Eval(train::EvalArgs),
+    /// Run CoFT end to end on the bundled demo (tiny CLIP, 1,000 images): zero-shot vs CoFT.
+    Demo(demo::Args),
     /// A self-contained HTML report of a run: curves, pseudo-label sets, confusion matrix,
     /// per-class accuracy, sample predictions.
     Report(report::Args),
@@ -108,6 +111,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Predict(a) => predict::predict(a),
         Command::Export(a) => predict::export(a),
         Command::Eval(a) => train::eval(a),
+        Command::Demo(a) => demo::run(a),
         Command::Report(a) => report::run(a),
     }
 }
