@@ -1,0 +1,339 @@
+//! The paper's other settings as options of `coft train` (issue 5), on the committed demo
+//! assets (a tiny CLIP and 16x16 images, so each run takes seconds): CoFT+ rounds with
+//! re-initialised prompts, semi-supervised labels, distillation between two different tiny
+//! configurations, and the single-model baselines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Device, Tensor};
+use coft::method::pipeline::TrainConfig;
+use coft::method::prompts::PromptLearner;
+use coft::method::pseudo_labels::read_csv;
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo")
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn coft(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "coft {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A short run on the demo's unlabeled images with the demo's options.
+fn train(out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "train".to_string(),
+        "--model".into(),
+        s(&demo().join("model")),
+        "--data".into(),
+        s(&demo().join("images/u")),
+        "--config".into(),
+        s(&demo().join("coft.toml")),
+        "--out".into(),
+        s(out),
+        "--threads".into(),
+        "2".into(),
+        "--set".into(),
+        "phase1.epochs=2".into(),
+        "--set".into(),
+        "phase2.epochs=1".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    coft(&refs);
+}
+
+/// Tensor names and shapes of a safetensors file.
+fn shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect()
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // A vanishing lr keeps each round's prompts at their starting point, so the checkpoint
+    // after one epoch shows what the round started from. Untrained prompts leave nothing
+    // for Phase II, so the run is stopped after the sixth (last Phase I) checkpoint.
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .env("COFT_ABORT_AFTER_CHECKPOINTS", "6")
+        .args([
+            "train",
+            "--model",
+            &s(&demo().join("model")),
+            "--data",
+            &s(&demo().join("images/u")),
+            "--config",
+            &s(&demo().join("coft.toml")),
+            "--out",
+            &s(&run),
+            "--method",
+            "coft+",
+            "--rounds",
+            "3",
+            "--set",
+            "phase1.epochs=1",
+            "--set",
+            "phase1.lr=1e-12",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the run should stop after Phase I");
+    assert!(run.join("phase1/round3/m2/model.e1.safetensors").is_file());
+    let cfg = TrainConfig::load(&run.join("config.toml")).unwrap();
+    assert!(cfg.moco_enabled(), "MoCo is on by default for coft+");
+    let classes: Vec<String> = ["blue", "green", "red", "yellow"]
+        .map(String::from)
+        .to_vec();
+    // Rounds 2 and 3 re-select top-K per model from the previous round's labels.
+    for round in 2..=3 {
+        for m in 1..=2 {
+            let sel = run.join(format!("phase1/round{round}/s{m}.csv"));
+            let rows = read_csv(&sel, &classes).unwrap();
+            assert_eq!(rows.len(), 600);
+            let picked = rows.iter().filter(|r| r.selected).count();
+            assert!(picked > 0 && picked <= 25 * 4, "{picked}");
+        }
+    }
+    let device = Device::default().autodiff();
+    let (clip, _) = coft::clip::weights::load_model(&s(&demo().join("model")), &device).unwrap();
+    let mut starts = Vec::new();
+    for round in 1..=3 {
+        for m in 0..2 {
+            let dir = coft::method::pipeline::phase1_dir(&run, round, m + 1);
+            let ckpt = dir.join("model.e1.safetensors");
+            let fresh = || PromptLearner::init(&clip, 4, &cfg.prompts, 0, &device);
+            let trained = coft::train::load_module(&ckpt, fresh()).unwrap();
+            let seed = coft::data::loader::mix(cfg.seed, 100 + m as u64, (round - 1) as u64);
+            let init = PromptLearner::init(&clip, 4, &cfg.prompts, seed, &device);
+            let (a, b) = (host(trained.ctx_pos.val()), host(init.ctx_pos.val()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-6, "round {round} m{}: {diff}", m + 1);
+            starts.push(a);
+        }
+    }
+    // Every round and model starts from its own fresh draw.
+    for i in 0..starts.len() {
+        for j in i + 1..starts.len() {
+            assert_ne!(starts[i], starts[j]);
+        }
+    }
+    // Phase I checkpoints hold only the prompts, never the frozen weights.
+    let names: Vec<String> = shapes(&run.join("phase1/round3/m1/model.e1.safetensors"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("ctx_") || n.starts_with("vpt")),
+        "{names:?}"
+    );
+    // End to end with real training: 2 rounds, MoCo, eval naming each round's sets.
+    let run = tmp.path().join("full");
+    train(
+        &run,
+        &[
+            "--method",
+            "coft+",
+            "--rounds",
+            "2",
+            "--set",
+            "phase2.moco.queue_size=64",
+        ],
+    );
+    let table = coft(&[
+        "eval",
+        "--run",
+        &s(&run),
+        "--data",
+        &s(&demo().join("images/test")),
+    ]);
+    assert!(table.contains("S1* (round 2, selected)"), "{table}");
+    assert!(table.contains("| ensemble |"), "{table}");
+    let metrics = std::fs::read_to_string(run.join("phase2/f1/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("loss_cont"), "{metrics}");
+}
+
+#[test]
+fn labeled_images_keep_their_true_labels_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    // First a plain run, to find images whose zero-shot label is wrong.
+    let base = tmp.path().join("base");
+    train(&base, &["--set", "phase2.epochs=1"]);
+    let classes = coft::method::zero_shot::read_classes(&base.join("final/classes.txt")).unwrap();
+    let rows = read_csv(&base.join("stage0/pseudo_labels.csv"), &classes).unwrap();
+    let wrong: Vec<_> = rows
+        .iter()
+        .filter(|r| Some(r.label) != r.true_label)
+        .take(6)
+        .collect();
+    assert_eq!(wrong.len(), 6);
+    let mut csv = String::from("path,label\n");
+    for r in &wrong {
+        let abs = demo().join("images/u").join(&r.path);
+        csv += &format!("{},{}\n", s(&abs), classes[r.true_label.unwrap()]);
+    }
+    let labeled = tmp.path().join("labeled.csv");
+    std::fs::write(&labeled, csv).unwrap();
+    let run = tmp.path().join("run");
+    train(&run, &["--labeled", &s(&labeled)]);
+    let check = |file: &str, clean: bool| {
+        let rows = read_csv(&run.join(file), &classes).unwrap();
+        for w in &wrong {
+            let r = rows.iter().find(|r| r.path == w.path).unwrap();
+            assert_eq!(Some(r.label), w.true_label, "{file}: {}", r.path);
+            assert!(r.selected, "{file}: {}", r.path);
+            if clean {
+                assert_eq!(r.clean, Some(true), "{file}: {}", r.path);
+            }
+        }
+    };
+    check("stage0/pseudo_labels.csv", false);
+    check("phase2/set_1.csv", true);
+    check("phase2/set_2.csv", true);
+    // A label that is not a class is an error naming the file and the line.
+    std::fs::write(&labeled, "path,label\nx.png,purple\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .args([
+            "train",
+            "--model",
+            &s(&demo().join("model")),
+            "--data",
+            &s(&demo().join("images/u")),
+            "--config",
+            &s(&demo().join("coft.toml")),
+            "--labeled",
+            &s(&labeled),
+            "--out",
+            &s(&tmp.path().join("bad")),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("labeled.csv line 2") && err.contains("purple"),
+        "{err}"
+    );
+}
+
+#[test]
+fn distillation_fine_tunes_a_different_student() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The student: another tiny configuration (width 48, one layer), random weights.
+    let text = std::fs::read_to_string(demo().join("model/config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for tower in ["text_config", "vision_config"] {
+        cfg[tower]["hidden_size"] = 48.into();
+        cfg[tower]["intermediate_size"] = 96.into();
+        cfg[tower]["num_hidden_layers"] = 1.into();
+        cfg[tower]["projection_dim"] = 24.into();
+    }
+    cfg["projection_dim"] = 24.into();
+    let student = tmp.path().join("student.json");
+    std::fs::write(&student, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let run = tmp.path().join("run");
+    let spec = format!("random:{}:3", s(&student));
+    train(
+        &run,
+        &[
+            "--teacher-model",
+            &s(&demo().join("model")),
+            "--set",
+            &format!("model=\"{spec}\""),
+        ],
+    );
+    // Phase I ran with the teacher (width 32), Phase II fine-tuned the student (width 48).
+    let p1 = shapes(&run.join("phase1/m1/model.e2.safetensors"));
+    assert!(
+        p1.iter()
+            .any(|(n, s)| n.starts_with("ctx_pos") && s.last() == Some(&32)),
+        "{p1:?}"
+    );
+    let f1 = shapes(&run.join("final/f1.safetensors"));
+    assert!(
+        f1.iter()
+            .any(|(n, s)| n.contains("head.weight") && s == &vec![24, 4]),
+        "{f1:?}"
+    );
+    let table = coft(&[
+        "eval",
+        "--run",
+        &s(&run),
+        "--data",
+        &s(&demo().join("images/test")),
+    ]);
+    for row in [
+        "| zero-shot |",
+        "| M1 |",
+        "| F1 |",
+        "| F2 |",
+        "| ensemble |",
+    ] {
+        assert!(table.contains(row), "{table}");
+    }
+}
+
+#[test]
+fn baselines_train_one_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    for method in ["self-training", "upl", "oracle"] {
+        let run = tmp.path().join(method);
+        train(&run, &["--method", method]);
+        assert!(run.join("final/f1.safetensors").is_file());
+        assert!(!run.join("final/f2.safetensors").exists());
+        let table = coft(&[
+            "eval",
+            "--run",
+            &s(&run),
+            "--data",
+            &s(&demo().join("images/test")),
+        ]);
+        assert!(
+            table.contains("| F1 |") && !table.contains("| F2 |"),
+            "{table}"
+        );
+        let rows = read_csv(
+            &run.join("phase2/set_1.csv"),
+            &coft::method::zero_shot::read_classes(&run.join("final/classes.txt")).unwrap(),
+        )
+        .unwrap();
+        let clean = rows.iter().filter(|r| r.clean == Some(true)).count();
+        match method {
+            // Top half of each class's zero-shot candidates.
+            "self-training" => assert!((290..=310).contains(&clean), "{clean}"),
+            // No filtering: all of U with the model's labels, or the true labels.
+            _ => assert_eq!(clean, 600),
+        }
+        if method == "oracle" {
+            assert!(rows.iter().all(|r| Some(r.label) == r.true_label));
+        }
+    }
+}
