@@ -67,7 +67,7 @@ fn shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
 }
 
 fn host(t: Tensor<3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 #[test]
