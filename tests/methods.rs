@@ -337,3 +337,60 @@ fn baselines_train_one_classifier() {
         }
     }
 }
+
+#[test]
+fn coft_plus_resumes_after_a_crash_in_a_later_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path| {
+        vec![
+            "train".to_string(),
+            "--model".into(),
+            s(&demo().join("model")),
+            "--data".into(),
+            s(&demo().join("images/u")),
+            "--config".into(),
+            s(&demo().join("coft.toml")),
+            "--out".into(),
+            s(out),
+            "--method".into(),
+            "coft+".into(),
+            "--rounds".into(),
+            "2".into(),
+            "--set".into(),
+            "phase1.epochs=2".into(),
+            "--set".into(),
+            "phase2.epochs=1".into(),
+            "--set".into(),
+            "phase2.moco.queue_size=64".into(),
+        ]
+    };
+    let straight = tmp.path().join("straight");
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .args(args(&straight))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Crash in round 2's first model (checkpoints: r1 m1 x2, r1 m2 x2, r2 m1 x1).
+    let crashed = tmp.path().join("crashed");
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .env("COFT_ABORT_AFTER_CHECKPOINTS", "5")
+        .args(args(&crashed))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(crashed.join("phase1/round2/s1.csv").is_file());
+    assert!(!crashed.join("final").exists());
+    coft(&["train", "--resume", &s(&crashed), "--threads", "2"]);
+    for f in [
+        "phase1/round2/s2.csv",
+        "phase2/set_1.csv",
+        "final/f1.safetensors",
+        "final/f2.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(crashed.join(f)).unwrap(),
+            "{f} differs after resume"
+        );
+    }
+}
