@@ -26,6 +26,9 @@ enum What {
     Decode(DecodeArgs),
     /// Phase I and Phase II training steps at ViT shapes: step time, images/s, peak memory.
     Train(super::bench_train::TrainBenchArgs),
+    /// The hot steps (embedding, Phase I, Phase II with MoCo off/on, optimiser updates) at
+    /// ViT-B/32 and ViT-B/16 shapes beside PyTorch: images/s, peak memory, ratio.
+    Perf(super::bench_perf::PerfArgs),
     /// Internal: one measurement in this process, printed as JSON.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -117,6 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Embed(e) => embed(e),
         What::Decode(d) => decode(d),
         What::Train(t) => super::bench_train::run(t),
+        What::Perf(p) => super::bench_perf::run(p),
         What::Worker(w) => worker(w),
         What::DecodeWorker(w) => decode_worker(w),
     }

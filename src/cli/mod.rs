@@ -1,6 +1,7 @@
 //! One file per subcommand: flags -> a config -> a library call.
 
 mod bench;
+mod bench_perf;
 mod bench_train;
 mod common;
 mod data;

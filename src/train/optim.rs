@@ -186,6 +186,38 @@ impl Optimizer {
         })
     }
 
+    /// [`step`](Self::step) with the gradients given in visit order, one per float parameter
+    /// (`None`: no gradient, the parameter is returned as it is), flattened or not (each is
+    /// reshaped to its parameter): gradients reduced over data-parallel replicas, or made up
+    /// for a benchmark. Fewer entries than parameters leave the rest unchanged.
+    pub fn step_with<M: Module>(&mut self, module: M, grads: Vec<Option<Tensor<1>>>, lr: f64) -> M {
+        struct Step<'a> {
+            opt: &'a mut Optimizer,
+            grads: std::vec::IntoIter<Option<Tensor<1>>>,
+            lr: f64,
+            index: usize,
+        }
+        impl ModuleMapper for Step<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let slot = self.index;
+                self.index += 1;
+                match self.grads.next().flatten() {
+                    Some(grad) => param.map(|p| {
+                        let grad = grad.reshape(p.dims());
+                        self.opt.update(slot, p, grad, self.lr)
+                    }),
+                    None => param,
+                }
+            }
+        }
+        module.map(&mut Step {
+            opt: self,
+            grads: grads.into_iter(),
+            lr,
+            index: 0,
+        })
+    }
+
     /// [`step`](Self::step) for free-standing tensors of one rank; slot `i` is `params[i]`.
     /// Tensors of mixed ranks: put them in a tuple of `Param`s (a tuple is a `Module`) and
     /// use `step`, or call [`step_tensor`](Self::step_tensor) with explicit slots.
