@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 pub mod stage;
 
