@@ -4,6 +4,8 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::loss::cross_entropy_with_logits;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+mod common;
+
 use coft::clip::weights::load_model;
 use coft::method::phase2::Classifier;
 use coft::train::parallel::DataParallel;
@@ -122,4 +124,91 @@ fn adamw_state_on_the_first_device() {
         ..AdamWConfig::default()
     };
     check(|| Optimizer::adamw(cfg), 1e-3, 8, 2);
+}
+
+/// The pipeline's path: Phase II's epoch loop (`full_finetune`) with its batches split over two
+/// CPU replicas gives the model of the single-device loop, and the same metrics.
+#[test]
+fn phase2_epochs_on_two_replicas_equal_one_device() {
+    use coft::clip::preprocess::PreprocessConfig;
+    use coft::data::loader::inference_transform;
+    use coft::method::phase1::{LabeledSet, OptimConfig, StageEnv};
+    use coft::method::phase2::full_finetune;
+    use coft::train::stage::StageDir;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = common::synthetic_shapes(&tmp.path().join("data"), 5, 3, 0.0, 10);
+    let mut paths = Vec::new();
+    let mut labels = Vec::new();
+    for (c, (name, _)) in common::COLOURS.iter().enumerate() {
+        for i in 0..5 {
+            paths.push(root.join(name).join(format!("{i:03}.png")));
+            labels.push(c);
+        }
+    }
+    let data = LabeledSet { paths, labels };
+    let ad = Device::flex().autodiff();
+    let run = |replicas: usize, dir: &str| {
+        let (clip, _) = load_model("tests/fixtures/clip_tiny/hf", &ad).unwrap();
+        let s = clip.config.vision.image_size;
+        let d = clip.config.projection_dim;
+        // The same head in both runs (not burn's random generator).
+        let head = Tensor::from_data(
+            TensorData::new(
+                (0..4 * d)
+                    .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.05)
+                    .collect::<Vec<_>>(),
+                [4, d],
+            ),
+            &ad,
+        );
+        let model = Classifier::new(clip.vision, head);
+        let optim = OptimConfig {
+            epochs: 2,
+            batch_size: 6,
+            lr: 0.05,
+            ..OptimConfig::phase2_default()
+        };
+        let stage = StageDir::new(tmp.path().join(dir)).unwrap();
+        let transform = |_: u64| inference_transform(PreprocessConfig::clip(s as u32));
+        let mut progress = |_| {};
+        let dp = DataParallel::new(vec![ad.clone(); replicas]);
+        let mut env = StageEnv {
+            device: &ad,
+            limits: Default::default(),
+            transform: &transform,
+            progress: &mut progress,
+            parallel: Some(&dp),
+        };
+        let m = full_finetune(model, &data, &optim, 7, &stage, &mut env).unwrap();
+        let metrics = std::fs::read_to_string(stage.path("metrics.jsonl")).unwrap();
+        (params(&m), metrics)
+    };
+    let (one, m1) = run(1, "one");
+    let (zero, _) = {
+        let (clip, _) = load_model("tests/fixtures/clip_tiny/hf", &ad).unwrap();
+        (params(&clip.vision), ())
+    };
+    assert!(
+        one.iter()
+            .zip(&zero)
+            .any(|(x, y)| x.iter().zip(y).any(|(u, v)| (u - v).abs() > 1e-4)),
+        "training changed nothing"
+    );
+    let (two, m2) = run(2, "two");
+    for (i, (x, y)) in one.iter().zip(&two).enumerate() {
+        for (u, v) in x.iter().zip(y) {
+            assert!((u - v).abs() <= 1e-5, "parameter {i}: {u} vs {v}");
+        }
+    }
+    let acc = |m: &str| -> Vec<f64> {
+        m.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["train_acc"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(acc(&m1), acc(&m2));
 }
