@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, FloatDType, Tensor, TensorData};
 use clap::{Args as ClapArgs, ValueEnum};
 use coft::clip::model::l2_normalize;
 use coft::clip::tokenizer::Tokenizer;
@@ -25,6 +25,7 @@ use coft::method::phase2::Classifier;
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
+use coft::train::precision::{autocast, cast_module};
 use coft::train::{AdamWConfig, Optimizer, OptimizerConfig, SgdConfig};
 use rand::SeedableRng;
 
@@ -109,6 +110,10 @@ pub struct PerfArgs {
     checkpointing: String,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// coft's compute precision: `f32`, or `bf16` (frozen weights stored in bf16; trainable
+    /// ones f32 with a bf16 view per forward pass, losses in f32: `train::precision`).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Internal: run one configuration in this process and print JSON.
     #[arg(long, hide = true)]
     worker: Option<Step>,
@@ -130,6 +135,9 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     if a.checkpointing != "on" && a.checkpointing != "off" {
         bail!("--checkpointing must be `on` or `off`");
     }
+    if a.dtype != "f32" && a.dtype != "bf16" {
+        bail!("--dtype must be `f32` or `bf16`");
+    }
     if let Some(step) = a.worker {
         return worker(&a, step);
     }
@@ -137,23 +145,29 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools");
     let cuda = matches!(a.device, DeviceKind::Cuda);
     println!(
-        "coft bench perf: batch {}, C = {}, {} threads, {}, gradient checkpointing {}, median of {} steps after {} warm-up",
+        "coft bench perf: batch {}, C = {}, {} threads, {}, coft {}, gradient checkpointing {}, median of {} steps after {} warm-up",
         a.batch,
         a.classes,
         a.threads,
-        if cuda { "cuda (coft f32; PyTorch bf16 autocast)" } else { "cpu" },
+        if cuda { "cuda (PyTorch bf16 autocast)" } else { "cpu" },
+        a.dtype,
         a.checkpointing,
         a.iters,
         a.warmup
     );
-    let mem = if cuda { "GPU MiB" } else { "peak MiB" };
+    // coft's column is the process's peak RSS; on CUDA PyTorch's is its peak GPU allocation.
+    let (ours_mem, their_mem) = if cuda {
+        ("host RSS MiB", "GPU MiB")
+    } else {
+        ("peak MiB", "peak MiB")
+    };
     let flops_col = if cuda {
         " coft TFLOP/s | torch TFLOP/s |"
     } else {
         ""
     };
     println!(
-        "| step | shape | coft img/s | coft {mem} | torch img/s | torch {mem} | ratio |{flops_col}"
+        "| step | shape | coft img/s | coft {ours_mem} | torch img/s | torch {their_mem} | ratio |{flops_col}"
     );
     println!(
         "|---|---|---|---|---|---|---|{}",
@@ -196,7 +210,7 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
                 "| {} | {shape} | {:.2} | {:.0} | {t_ips} | {t_mib} | {ratio} |{flops}",
                 step.label(),
                 ours.img_per_s,
-                mib(&ours),
+                ours.peak_rss_mib,
             );
         }
     }
@@ -226,6 +240,7 @@ fn coft_child(
             .args(["--iters", &a.iters.to_string()])
             .args(["--warmup", &a.warmup.to_string()])
             .args(["--checkpointing", &a.checkpointing, "--device", dev])
+            .args(["--dtype", &a.dtype])
             .env("RAYON_NUM_THREADS", a.threads.to_string()),
     )
 }
@@ -331,7 +346,23 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
             weight_decay: 5e-4,
         }))
     };
-    let pixels = || Tensor::<4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+    let bf16 = a.dtype == "bf16";
+    let low = |t: Tensor<4>| if bf16 { t.cast(FloatDType::BF16) } else { t };
+    let view = |m| {
+        if bf16 {
+            cast_module(m, FloatDType::BF16)
+        } else {
+            m
+        }
+    };
+    let f32_2 = |t: Tensor<2>| t.cast(FloatDType::F32);
+    let pixels = || {
+        low(Tensor::<4>::random(
+            [b, 3, s, s],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ))
+    };
     let mut times = Vec::new();
     let mut time = |i: usize, f: &mut dyn FnMut()| {
         let t = Instant::now();
@@ -343,16 +374,18 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
     let total = a.warmup + a.iters;
     match step {
         Step::Embed => {
-            let clip = common::load_model(&format!("random:{shape}"), &device)?;
+            let clip = view(common::load_model(&format!("random:{shape}"), &device)?);
             for i in 0..total {
                 let x = pixels();
                 time(i, &mut || {
-                    let _ = coft::infer::to_vec(clip.encode_image(x.clone(), None));
+                    let _ = coft::infer::to_vec(f32_2(clip.encode_image(x.clone(), None)));
                 });
             }
         }
         Step::Phase1 => {
             let clip = common::load_model(&format!("random:{shape}"), &device)?;
+            let scale = clip.logit_scale_exp();
+            let clip = view(clip);
             let tok = Tokenizer::new()?;
             let names: Vec<String> = (0..c).map(|i| format!("object number {i}")).collect();
             let cfg = PromptConfig::default();
@@ -360,15 +393,20 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                 ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length)
                     .map_err(anyhow::Error::msg)?;
             let mut learner = Some(PromptLearner::init(&clip, c, &cfg, 1, &ad));
-            let scale = clip.logit_scale_exp();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut opt = sgd();
             for i in 0..total {
                 let x = pixels();
                 time(i, &mut || {
                     let l = learner.take().expect("learner");
-                    let v = image_embeddings(&clip, &l, x.clone());
-                    let (tp, tn) = class_embeddings(&clip, &prompts, &l);
+                    let lv = if bf16 {
+                        autocast(&l, FloatDType::BF16)
+                    } else {
+                        l.clone()
+                    };
+                    let v = f32_2(image_embeddings(&clip, &lv, x.clone()));
+                    let (tp, tn) = class_embeddings(&clip, &prompts, &lv);
+                    let (tp, tn) = (f32_2(tp), f32_2(tn));
                     let (sp, sn) = (similarities(v.clone(), tp), similarities(v, tn));
                     let comp: Vec<usize> = labels
                         .iter()
@@ -411,7 +449,12 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                 let (xq, xk) = (pixels(), pixels());
                 time(i, &mut || {
                     let m = model.take().expect("model");
-                    let v = l2_normalize(m.vision.forward(xq.clone(), None));
+                    let vision = if bf16 {
+                        autocast(&m.vision, FloatDType::BF16)
+                    } else {
+                        m.vision.clone()
+                    };
+                    let v = l2_normalize(f32_2(vision.forward(xq.clone(), None)));
                     let logits = m.head.forward(v.clone());
                     let mut loss = (log_softmax(logits, 1) * target.clone())
                         .sum()
@@ -419,8 +462,13 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                         .div_scalar(b as f64);
                     let mut keys = None;
                     if let Some(mom) = &momentum {
+                        let mom = if bf16 {
+                            autocast(mom, FloatDType::BF16)
+                        } else {
+                            mom.clone()
+                        };
                         let k_host =
-                            coft::infer::to_vec(l2_normalize(mom.forward(xk.clone(), None)));
+                            coft::infer::to_vec(l2_normalize(f32_2(mom.forward(xk.clone(), None))));
                         let k: Tensor<2> =
                             Tensor::from_data(TensorData::new(k_host.clone(), [b, d]), &ad);
                         loss = loss + contrastive_loss(v, k, queue.tensor(&ad), 0.2);
