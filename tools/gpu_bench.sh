@@ -31,7 +31,8 @@ log "PyTorch rows"
 for step in ${STEPS//,/ }; do
   timeout 150 "$PY" tools/bench_steps_torch.py --step "$step" --shape ViT-B/16 --batch "$BATCH" \
     --steps "$ITERS" --warmup "$WARMUP" --device cuda > "$OUT/torch_$step.json" 2> "$OUT/torch_$step.err"
-  echo "$step $(tail -n1 "$OUT/torch_$step.json") (exit $?)" | tee -a "$OUT/summary.txt"
+  rc=$?
+  echo "$step $(tail -n1 "$OUT/torch_$step.json") (exit $rc)" | tee -a "$OUT/summary.txt"
 done
 
 # 2. Build coft with CUDA. Offline machines: cubecl's LLVM bundle (tracel-llvm-bundler) is
@@ -50,4 +51,4 @@ log "coft bench perf --device cuda"
 timeout 420 ./target/release/coft bench perf --device cuda --python "$PY" --shapes ViT-B/16 \
   --steps "$STEPS" --batch "$BATCH" --iters "$ITERS" --warmup "$WARMUP" --checkpointing off \
   2> "$OUT/perf.err" | tee "$OUT/table.md"
-log "done (exit $?); table in $OUT/table.md"
+log "done (exit ${PIPESTATUS[0]}); table in $OUT/table.md"

@@ -774,4 +774,58 @@ mod tests {
             }
         }
     }
+
+    /// `cargo test --release --lib fused_update_speed -- --ignored --nocapture`: the fused
+    /// updates against the tensor-op ones they replace, interleaved, medians.
+    #[test]
+    #[ignore]
+    fn fused_update_speed() {
+        let dev = Device::flex();
+        let n = 86_000_000; // ViT-B/16's image encoder
+        for config in [
+            OptimizerConfig::Sgd(SgdConfig::default()),
+            OptimizerConfig::AdamW(AdamWConfig::default()),
+        ] {
+            let new_slot = || Slot {
+                shape: vec![n],
+                step: 0,
+                first: None,
+                second: None,
+            };
+            let (mut sf, mut so) = (new_slot(), new_slot());
+            let mut pf = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
+            let mut po = Tensor::from_data(pf.to_data(), &dev);
+            let (mut tf, mut to) = (Vec::new(), Vec::new());
+            for step in 0..7 {
+                let g = || Tensor::<1>::random([n], Distribution::Normal(0.0, 0.1), &dev);
+                let (g1, g2) = (g(), g());
+                let t = std::time::Instant::now();
+                pf = match &config {
+                    OptimizerConfig::Sgd(c) => sgd_update_fused(c, &mut sf, pf, g1, 0.01, &dev),
+                    OptimizerConfig::AdamW(c) => adamw_update_fused(c, &mut sf, pf, g1, 0.01, &dev),
+                };
+                let _ = HostData::from_tensor(&pf.clone().narrow(0, 0, 1));
+                let a = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                po = match &config {
+                    OptimizerConfig::Sgd(c) => sgd_update_ops(c, &mut so, po, g2, 0.01, &dev),
+                    OptimizerConfig::AdamW(c) => adamw_update_ops(c, &mut so, po, g2, 0.01, &dev),
+                };
+                let _ = HostData::from_tensor(&po.clone().narrow(0, 0, 1));
+                let b = t.elapsed().as_secs_f64();
+                if step > 0 {
+                    tf.push(a);
+                    to.push(b);
+                }
+            }
+            tf.sort_by(f64::total_cmp);
+            to.sort_by(f64::total_cmp);
+            let (f, o) = (tf[tf.len() / 2], to[to.len() / 2]);
+            println!(
+                "{}: fused {f:.3} s, tensor ops {o:.3} s, {:.2}x",
+                config.kind(),
+                o / f
+            );
+        }
+    }
 }
