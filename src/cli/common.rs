@@ -72,6 +72,26 @@ pub fn quiet() -> bool {
     VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) < 0
 }
 
+/// `cpu`, `cuda` or `cuda:N` (a `--devices` entry).
+#[cfg_attr(not(feature = "multi-device"), allow(dead_code))]
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s.trim() {
+        "cpu" => device(DeviceKind::Cpu),
+        #[cfg(feature = "cuda")]
+        other if other == "cuda" || other.starts_with("cuda:") => {
+            let index = match other.strip_prefix("cuda:") {
+                Some(i) => i
+                    .parse::<usize>()
+                    .with_context(|| format!("device {other:?}: bad index"))?,
+                None => 0,
+            };
+            Ok(Device::cuda(index))
+        }
+        other if other == "cuda" || other.starts_with("cuda:") => device(DeviceKind::Cuda),
+        other => bail!("device {other:?}: expected cpu, cuda or cuda:N"),
+    }
+}
+
 /// A progress bar with ETA on a terminal; on a pipe or CI log, a plain line every few
 /// seconds instead of control characters; nothing with `--quiet`.
 pub struct Progress {

@@ -55,6 +55,12 @@ pub struct TrainArgs {
     dry_run: bool,
     #[command(flatten)]
     run: RunOpts,
+    /// Data-parallel Phase II fine-tuning over several devices, e.g. `cuda:0,cuda:1` (each
+    /// batch split across them, gradients averaged); overrides --device. `cpu,cpu` runs two
+    /// replicas on the CPU (for testing).
+    #[cfg(feature = "multi-device")]
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    devices: Vec<String>,
 }
 
 pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
@@ -114,7 +120,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.dry_run {
         return dry_run(&a);
     }
-    let device = a.run.setup()?;
+    #[allow(unused_mut)]
+    let mut device = a.run.setup()?;
+    #[allow(unused_mut)]
+    let mut replicas: Vec<burn::tensor::Device> = Vec::new();
+    #[cfg(feature = "multi-device")]
+    for d in &a.devices {
+        replicas.push(common::parse_device(d)?);
+    }
+    if let Some(first) = replicas.first() {
+        device = first.clone();
+    }
     let (cfg, run_dir) = common::new_or_resume(
         a.resume.as_deref(),
         a.out.as_deref(),
@@ -156,13 +172,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             ));
         }
     };
+    let train_device = |d: &burn::tensor::Device| {
+        if cfg.gradient_checkpointing {
+            d.clone().autodiff().gradient_checkpointing()
+        } else {
+            d.clone().autodiff()
+        }
+    };
     let mut hooks = Hooks {
         device: device.clone(),
-        train_device: if cfg.gradient_checkpointing {
-            device.clone().autodiff().gradient_checkpointing()
-        } else {
-            device.clone().autodiff()
-        },
+        train_device: train_device(&device),
+        replicas: replicas.iter().map(train_device).collect(),
         on_stage: &mut on_stage,
         on_progress: &mut on_progress,
         on_epoch: &mut on_epoch,

@@ -74,6 +74,9 @@ pub struct StageEnv<'a> {
     /// Training augmentation for `(epoch)`: seeded, per-sample deterministic.
     pub transform: &'a dyn Fn(u64) -> Arc<Transform>,
     pub progress: &'a mut dyn FnMut(StageProgress),
+    /// Data parallelism over several devices (`None`, or one device: everything on `device`).
+    /// Each batch is split across the replicas; see [`crate::train::parallel`].
+    pub parallel: Option<&'a crate::train::parallel::DataParallel>,
 }
 
 /// Reported after every step.
@@ -140,16 +143,53 @@ pub fn run_epochs<M: burn::module::Module>(
                 .iter()
                 .map(|&j| data.labels[order[j]])
                 .collect();
-            let pixels: Tensor<4> =
-                Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
-            let (loss, right) = loss_fn(&model, pixels, &labels, epoch, step_in_epoch);
-            correct += right;
-            seen += b;
-            let mut grads = loss.backward();
-            let lv = f64::from(to_host(loss.inner())[0]);
-            loss_sum += lv * b as f64;
             let step = epoch * steps_per_epoch + step_in_epoch;
-            model = opt.step(model, &mut grads, schedule.lr(step));
+            let lv = match env.parallel.filter(|dp| dp.devices().len() > 1) {
+                None => {
+                    let pixels: Tensor<4> =
+                        Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
+                    let (loss, right) = loss_fn(&model, pixels, &labels, epoch, step_in_epoch);
+                    correct += right;
+                    let mut grads = loss.backward();
+                    let lv = f64::from(to_host(loss.inner())[0]);
+                    model = opt.step(model, &mut grads, schedule.lr(step));
+                    lv
+                }
+                Some(dp) => {
+                    // Shard r: the next rows of the batch, on replica r's device.
+                    let px = 3 * s * s;
+                    let mut start = 0;
+                    let shards: Vec<_> = dp
+                        .shard_sizes(b)
+                        .into_iter()
+                        .map(|n| {
+                            let shard = (
+                                batch.pixels[start * px..(start + n) * px].to_vec(),
+                                labels[start..start + n].to_vec(),
+                            );
+                            start += n;
+                            (n, shard)
+                        })
+                        .collect();
+                    let (m, out) = dp.step(
+                        model,
+                        &mut opt,
+                        schedule.lr(step),
+                        shards,
+                        |replica, (pixels, labels), device| {
+                            let n = labels.len();
+                            let pixels: Tensor<4> =
+                                Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device);
+                            loss_fn(replica, pixels, &labels, epoch, step_in_epoch)
+                        },
+                    );
+                    model = m;
+                    correct += out.outputs.iter().sum::<usize>();
+                    out.loss
+                }
+            };
+            seen += b;
+            loss_sum += lv * b as f64;
             (env.progress)(StageProgress {
                 epoch,
                 epochs: optim.epochs,

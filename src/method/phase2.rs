@@ -220,7 +220,6 @@ pub fn full_finetune(
     env: &mut StageEnv<'_>,
 ) -> Result<Classifier, TrainError> {
     let s = model.vision.config.image_size;
-    let device = env.device.clone();
     run_epochs(
         "phase2",
         model,
@@ -231,6 +230,8 @@ pub fn full_finetune(
         stage,
         env,
         |model, pixels, labels, _, _| {
+            // The pixels' device: a data-parallel replica's, or env.device.
+            let device = pixels.device();
             let logits = model.forward(pixels);
             let c = logits.dims()[1];
             let right = count_correct(logits.clone(), labels);

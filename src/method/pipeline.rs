@@ -301,6 +301,10 @@ pub struct Hooks<'a> {
     pub on_stage: &'a mut dyn FnMut(&str, usize),
     pub on_progress: &'a mut dyn FnMut(&str, usize),
     pub on_epoch: &'a mut dyn FnMut(&str, &StageProgress),
+    /// Phase II's full fine-tuning split over these training devices (data parallelism, the
+    /// first being `train_device`); empty or one device: `train_device` alone. Phase I and
+    /// the MoCo loop stay on `train_device`.
+    pub replicas: Vec<Device>,
 }
 
 /// The adaptation pool U and the evaluation set of a dataset.
@@ -725,6 +729,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
                     limits,
                     transform: &augment,
                     progress: &mut progress,
+                    parallel: None,
                 };
                 train_phase1(
                     &clip,
@@ -860,11 +865,14 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
         let augment = |e: u64| crate::data::augment::transform(aug2.clone(), seed, e, 0);
         let mut progress = |p: StageProgress| (hooks.on_epoch)(&label, &p);
+        let dp = (hooks.replicas.len() > 1)
+            .then(|| crate::train::parallel::DataParallel::new(hooks.replicas.clone()));
         let mut env = StageEnv {
             device: &hooks.train_device,
             limits,
             transform: &augment,
             progress: &mut progress,
+            parallel: if moco { None } else { dp.as_ref() },
         };
         if moco {
             let data = super::moco::all_of_u(&rows, &ds.root);

@@ -7,6 +7,8 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
+pub mod precision;
 pub mod schedule;
 pub mod stage;
 
