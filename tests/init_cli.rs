@@ -150,3 +150,23 @@ fn wrong_options_fail_before_any_work_naming_the_key() {
     );
     assert!(!run.exists());
 }
+
+#[test]
+fn init_fits_the_context_to_a_small_text_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let out = dir.path().join("coft.toml");
+    stdout_ok(&coft(&[
+        "init",
+        "--data",
+        demo.join("images/u").to_str().unwrap(),
+        "--model",
+        demo.join("model").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    // The demo model's text context holds 16 tokens: 4 context tokens leave room for names.
+    let cfg: coft::method::pipeline::TrainConfig =
+        toml::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(cfg.prompts.n_ctx, 4);
+}

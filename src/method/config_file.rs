@@ -115,6 +115,20 @@ pub fn preset(model: &str, data: &str) -> (TrainConfig, Vec<String>) {
             "backbone of {model:?} not recognised: ViT-B/16 defaults"
         )),
     }
+    // Small text towers (models pre-trained here) cannot hold 16 context tokens plus the
+    // class name; a quarter of the context leaves room for it.
+    let config = Path::new(model).join("config.json");
+    if let Ok(clip) = ClipConfig::from_hf_file(&config) {
+        let ctx = clip.text.context_length;
+        if ctx < 64 {
+            let n = (ctx / 4).clamp(1, cfg.prompts.n_ctx);
+            notes.push(format!(
+                "text context of {ctx} tokens: prompts.n_ctx {} -> {n}, to leave room for class names",
+                cfg.prompts.n_ctx
+            ));
+            cfg.prompts.n_ctx = n;
+        }
+    }
     if let Ok(spec) = data.parse::<DataSpec>() {
         if let Source::Benchmark { benchmark, .. } = spec.source {
             cfg.templates = benchmark
