@@ -21,34 +21,15 @@ fn coft(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn accuracy(table: &str, row: &str) -> f64 {
-    let line = table
-        .lines()
-        .find(|l| l.starts_with(&format!("| {row} |")))
-        .unwrap_or_else(|| panic!("no {row} in {table}"));
-    line.split('|').nth(2).unwrap().trim().parse().unwrap()
-}
-
-// Measured (seed 1): zero-shot 68.50%, M1 70.25%, M2 66.25%, F1 76.00%, F2 72.50%, ensemble
-// 75.00%; S* 100 images at 97% precision, clean sets 439 / 434 images at 82% / 79% with 52% /
-// 54% of the wrong labels caught. Seeds 2-4 gave ensembles of 77.00, 78.75 and 74.25. With U
-// at 50 images per class instead of 150 the gain was only +2.5: Phase II needs the pool.
-#[test]
-fn coft_beats_zero_shot_on_a_shifted_domain() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let pre = common::synthetic_shapes(&t.join("pre"), 30, 1, 0.0, 20);
-    let shift = (0.7, 45);
-    let u = common::synthetic_shapes(&t.join("u"), 150, 2, shift.0, shift.1);
-    let test = common::synthetic_shapes(&t.join("test"), 100, 3, shift.0, shift.1);
+/// The tiny CLIP of this task: 2 layers, width 32, 16x16 images, 8 epochs on `pre`.
+fn pretrain_tiny(pre: &Path, model: &Path) {
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let model = t.join("model");
     coft(&[
         "pretrain",
         "--data",
-        &s(&pre),
+        &s(pre),
         "--out",
-        &s(&model),
+        &s(model),
         "--width",
         "32",
         "--layers",
@@ -76,6 +57,31 @@ fn coft_beats_zero_shot_on_a_shifted_domain() {
         "--set",
         "augment=\"flip\"",
     ]);
+}
+
+fn accuracy(table: &str, row: &str) -> f64 {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row} |")))
+        .unwrap_or_else(|| panic!("no {row} in {table}"));
+    line.split('|').nth(2).unwrap().trim().parse().unwrap()
+}
+
+// Measured (seed 1): zero-shot 68.50%, M1 70.25%, M2 66.25%, F1 76.00%, F2 72.50%, ensemble
+// 75.00%; S* 100 images at 97% precision, clean sets 439 / 434 images at 82% / 79% with 52% /
+// 54% of the wrong labels caught. Seeds 2-4 gave ensembles of 77.00, 78.75 and 74.25. With U
+// at 50 images per class instead of 150 the gain was only +2.5: Phase II needs the pool.
+#[test]
+fn coft_beats_zero_shot_on_a_shifted_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let pre = common::synthetic_shapes(&t.join("pre"), 30, 1, 0.0, 20);
+    let shift = (0.7, 45);
+    let u = common::synthetic_shapes(&t.join("u"), 150, 2, shift.0, shift.1);
+    let test = common::synthetic_shapes(&t.join("test"), 100, 3, shift.0, shift.1);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = t.join("model");
+    pretrain_tiny(&pre, &model);
     let run = t.join("run");
     coft(&[
         "train",
@@ -134,38 +140,5 @@ fn prepare() {
     let u = common::synthetic_shapes(&t.join("u"), 150, 2, 0.7, 45);
     let test = common::synthetic_shapes(&t.join("test"), 100, 3, 0.7, 45);
     let _ = (u, test);
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    coft(&[
-        "pretrain",
-        "--data",
-        &s(&pre),
-        "--out",
-        &s(&t.join("model")),
-        "--width",
-        "32",
-        "--layers",
-        "2",
-        "--heads",
-        "2",
-        "--patch",
-        "4",
-        "--image-size",
-        "16",
-        "--embed-dim",
-        "32",
-        "--context-length",
-        "16",
-        "--epochs",
-        "8",
-        "--batch-size",
-        "32",
-        "--lr",
-        "2e-3",
-        "--seed",
-        "7",
-        "--threads",
-        "2",
-        "--set",
-        "augment=\"flip\"",
-    ]);
+    pretrain_tiny(&pre, &t.join("model"));
 }

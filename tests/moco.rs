@@ -2,8 +2,11 @@
 //! computations, the EMA update, the key queue, the config section, and `coft train` with
 //! `phase2.moco.enabled=true` end to end with resume after a crash.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+
+use common::{fixtures, small_folder, train};
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -274,45 +277,6 @@ fn phase2_moco_config_section() {
 
 // ---------------------------------------------------------------------------------------
 // `coft train` with momentum contrast, end to end.
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny")
-}
-
-/// 3 classes x 12 CIFAR-10 test images (as tests/train_cli.rs), or None without shared data.
-fn small_folder(dir: &Path) -> Option<PathBuf> {
-    let Some(_) = coft::data::shared::shared_data_dir() else {
-        eprintln!("skipped: no shared data folder");
-        return None;
-    };
-    let root = coft::data::shared::unpack_cached("cifar-10").expect("unpack cifar-10");
-    let test = [root.join("cifar-10/test"), root.join("test")]
-        .into_iter()
-        .find(|p| p.is_dir())
-        .expect("cifar test folder");
-    let out = dir.join("data");
-    for class in ["airplane", "cat", "ship"] {
-        std::fs::create_dir_all(out.join(class)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(test.join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(12) {
-            std::fs::copy(f, out.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    Some(out)
-}
-
-fn train(args: &[&str], abort_after: Option<usize>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coft"));
-    cmd.arg("train").args(args);
-    if let Some(n) = abort_after {
-        cmd.env("COFT_ABORT_AFTER_CHECKPOINTS", n.to_string());
-    }
-    cmd.output().unwrap()
-}
 
 fn moco_args<'a>(data: &'a str, out: &'a str, model: &'a str) -> Vec<&'a str> {
     vec![

@@ -194,7 +194,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
 
     // 3. Rows.
     let mut rows: Vec<Row> = Vec::new();
-    let zero_shot_plain = {
+    {
         let preds = a.out.join("zero-shot-unshifted.csv");
         let started = Instant::now();
         let mut cmd = coft_cmd()?;
@@ -221,8 +221,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
             wall_s: started.elapsed().as_secs_f64(),
             peak_mib: 0.0,
         });
-        acc
-    };
+    }
     let mut zero_shot_shifted = None;
     let mut results: Vec<(String, f64)> = Vec::new();
     for method in &a.methods {
@@ -319,7 +318,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
             let headroom = acc - zs;
             eprintln!("headroom: oracle {acc:.2} - zero-shot {zs:.2} = {headroom:.2} points");
             if headroom < a.min_headroom {
-                print_table(&rows, &a, zero_shot_plain);
+                print_table(&rows, &a);
                 bail!(
                     "headroom {headroom:.2} points is below {:.1}: the protocol is not valid \
                      with this model; change the pre-training (epochs, model size), not the method",
@@ -328,7 +327,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    print_table(&rows, &a, zero_shot_plain);
+    print_table(&rows, &a);
     let zs = zero_shot_shifted.unwrap_or(f64::NAN);
     if let Some((_, oracle)) = results.iter().find(|(m, _)| m == "oracle") {
         println!(
@@ -349,7 +348,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row], a: &MethodBenchArgs, _zs_plain: f64) {
+fn print_table(rows: &[Row], a: &MethodBenchArgs) {
     println!(
         "\nCIFAR-10, U = {} training images from 25,000, test = {} images, shift {}\n",
         a.u, a.test, a.shift

@@ -350,30 +350,12 @@ pub fn layered_config<C: serde::Serialize + serde::de::DeserializeOwned + Defaul
     let text = toml::to_string(&table)?;
     toml::from_str(&text).map_err(|e| {
         let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-        match e.span().and_then(|sp| key_at(&text, sp.start)) {
+        match e
+            .span()
+            .and_then(|sp| coft::util::toml_key_at(&text, sp.start))
+        {
             Some(key) => anyhow::anyhow!("config: {key}: {msg}"),
             None => anyhow::anyhow!("config: {msg}"),
         }
-    })
-}
-
-/// The dotted key (`phase1.lr`) of the `key = value` line holding byte `offset` of a TOML
-/// text written with `[section]` headers, so that errors name the option rather than a line
-/// of the merged text the user never saw.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let upto = text.get(..offset.min(text.len()))?;
-    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next()?;
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    let section = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    Some(match section {
-        Some(s) if !s.is_empty() => format!("{s}.{key}"),
-        _ => key.to_string(),
     })
 }

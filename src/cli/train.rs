@@ -212,11 +212,10 @@ fn write_timings(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_else(|| serde_json::json!({"stages": [], "peak_rss_mib": 0.0}));
     let end = std::time::Instant::now();
-    let list = doc["stages"]
+    let mut list = doc["stages"]
         .as_array_mut()
         .map(std::mem::take)
         .unwrap_or_default();
-    let mut list = list;
     for (i, (name, start)) in stages.iter().enumerate() {
         let stop = stages.get(i + 1).map_or(end, |s| s.1);
         list.push(serde_json::json!([name, (stop - *start).as_secs_f64()]));

@@ -78,7 +78,9 @@ impl<'de> Deserialize<'de> for Phase2Config {
         ) -> Result<T, String> {
             let text = toml::to_string(&value).map_err(|e| e.to_string())?;
             toml::from_str(&text).map_err(|e: toml::de::Error| {
-                let key = e.span().and_then(|s| key_at(&text, s.start));
+                let key = e
+                    .span()
+                    .and_then(|s| crate::util::toml_key_at(&text, s.start));
                 match key {
                     Some(k) => format!("{prefix}.{k}: {}", e.message()),
                     None => format!("{prefix}: {}", e.message()),
@@ -93,24 +95,6 @@ impl<'de> Deserialize<'de> for Phase2Config {
         let optim = part(table, "phase2").map_err(D::Error::custom)?;
         Ok(Self { optim, moco })
     }
-}
-
-/// The dotted key (relative to the document) of the `key = value` line at `offset`.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let upto = text.get(..offset.min(text.len()))?;
-    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next()?;
-    let key = line.split_once('=')?.0.trim().trim_matches('"');
-    let section = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    Some(match section {
-        Some(s) if !s.is_empty() => format!("{s}.{key}"),
-        _ => key.to_string(),
-    })
 }
 
 /// An image encoder with a linear head over its normalised embedding.

@@ -4,8 +4,8 @@
 //! starts the next step from.
 //!
 //! burn 0.22 has collective operations (`burn::tensor::distributed::all_reduce`), but only its
-//! CubeCL backends implement them; on the Flex CPU backend they are `unimplemented!()` (burn-flex
-//! `ops/transaction.rs`). So the all-reduce is done here, with `to_device` copies onto the
+//! CubeCL backends implement them; the Flex CPU backend does not (its implementation panics,
+//! burn-flex `ops/transaction.rs`). So the all-reduce is done here, with `to_device` copies onto the
 //! first device, which works on every backend (peer copies between GPUs): one code path that
 //! CI covers with several replicas on the CPU device (`tests/data_parallel.rs`).
 

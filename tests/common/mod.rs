@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use rand::{RngExt, SeedableRng};
 
@@ -51,4 +52,44 @@ pub fn synthetic_shapes(dir: &Path, per_class: usize, seed: u64, fade: f32, nois
         }
     }
     dir.to_path_buf()
+}
+
+/// The committed tiny CLIP fixtures (random weights, parity fixtures).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny")
+}
+
+/// 3 classes x 12 CIFAR-10 test images from ../shared/data, or None when it is absent.
+pub fn small_folder(dir: &Path) -> Option<PathBuf> {
+    let Some(_) = coft::data::shared::shared_data_dir() else {
+        eprintln!("skipped: no shared data folder");
+        return None;
+    };
+    let root = coft::data::shared::unpack_cached("cifar-10").expect("unpack cifar-10");
+    let test = [root.join("cifar-10/test"), root.join("test")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .expect("cifar test folder");
+    let out = dir.join("data");
+    for class in ["airplane", "cat", "ship"] {
+        std::fs::create_dir_all(out.join(class)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(test.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(12) {
+            std::fs::copy(f, out.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    Some(out)
+}
+
+pub fn train(args: &[&str], abort_after: Option<usize>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coft"));
+    cmd.arg("train").args(args);
+    if let Some(n) = abort_after {
+        cmd.env("COFT_ABORT_AFTER_CHECKPOINTS", n.to_string());
+    }
+    cmd.output().unwrap()
 }
