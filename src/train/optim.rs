@@ -551,7 +551,7 @@ fn sgd_update_fused(
     {
         let pv = pd.as_mut_slice::<f32>().expect("f32 parameter");
         let gv = gd.as_mut_slice::<f32>().expect("f32 gradient");
-        let d = |p: f32, g: f32| if use_wd { g + p * wd } else { g };
+        let wd = use_wd.then_some(wd);
         match (use_mom, buf) {
             (true, Some(mut bd)) => {
                 let bv = bd.as_mut_slice::<f32>().expect("f32 momentum");
@@ -559,12 +559,7 @@ fn sgd_update_fused(
                     .zip(gv.par_chunks(CHUNK))
                     .zip(bv.par_chunks_mut(CHUNK))
                     .for_each(|((p, g), b)| {
-                        with_simd(|| {
-                            for ((p, g), b) in p.iter_mut().zip(g).zip(b) {
-                                *b = *b * mom + d(*p, *g);
-                                *p -= *b * lr;
-                            }
-                        })
+                        with_simd(|| sgd_momentum_kernel(p, g, b, wd, mom, lr))
                     });
                 slot.first = Some(Buf::Device(Tensor::from_data(bd, device)));
             }
@@ -572,31 +567,81 @@ fn sgd_update_fused(
                 // The first step: the buffer is d itself, kept in the gradient's memory.
                 pv.par_chunks_mut(CHUNK)
                     .zip(gv.par_chunks_mut(CHUNK))
-                    .for_each(|(p, g)| {
-                        with_simd(|| {
-                            for (p, g) in p.iter_mut().zip(g) {
-                                *g = d(*p, *g);
-                                *p -= *g * lr;
-                            }
-                        })
-                    });
+                    .for_each(|(p, g)| with_simd(|| sgd_first_kernel(p, g, wd, lr)));
                 slot.first = Some(Buf::Device(Tensor::from_data(gd, device)));
             }
             (false, _) => {
                 pv.par_chunks_mut(CHUNK)
                     .zip(gv.par_chunks(CHUNK))
-                    .for_each(|(p, g)| {
-                        with_simd(|| {
-                            for (p, g) in p.iter_mut().zip(g) {
-                                *p -= d(*p, *g) * lr;
-                            }
-                        })
-                    });
+                    .for_each(|(p, g)| with_simd(|| sgd_plain_kernel(p, g, wd, lr)));
             }
         }
     }
     debug_assert_eq!(pd.num_elements(), n);
     Tensor::from_data(pd, device)
+}
+
+// The update loops take their scalars by value and branch outside the loop. Captured by
+// reference (a closure over `wd`, `lr`, ...), LLVM could not rule out that the stores to the
+// slices change them and reloaded them every element, which kept the loops from vectorising:
+// measured 2.3x slower on the SGD loop.
+
+#[inline(always)]
+fn sgd_momentum_kernel(
+    p: &mut [f32],
+    g: &[f32],
+    b: &mut [f32],
+    wd: Option<f32>,
+    mom: f32,
+    lr: f32,
+) {
+    match wd {
+        Some(wd) => {
+            for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                *b = *b * mom + (g + *p * wd);
+                *p -= *b * lr;
+            }
+        }
+        None => {
+            for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                *b = *b * mom + g;
+                *p -= *b * lr;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn sgd_first_kernel(p: &mut [f32], g: &mut [f32], wd: Option<f32>, lr: f32) {
+    match wd {
+        Some(wd) => {
+            for (p, g) in p.iter_mut().zip(g) {
+                *g += *p * wd;
+                *p -= *g * lr;
+            }
+        }
+        None => {
+            for (p, &mut g) in p.iter_mut().zip(g) {
+                *p -= g * lr;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn sgd_plain_kernel(p: &mut [f32], g: &[f32], wd: Option<f32>, lr: f32) {
+    match wd {
+        Some(wd) => {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p -= (g + *p * wd) * lr;
+            }
+        }
+        None => {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p -= g * lr;
+            }
+        }
+    }
 }
 
 fn sgd_update_ops(
@@ -678,30 +723,53 @@ fn adamw_update_fused(
             .zip(mv.par_chunks_mut(CHUNK))
             .zip(vv.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| {
-                with_simd(|| match decay {
-                    Some(decay) => {
-                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                            *p *= decay;
-                            *v = *v * b2 + g * one_b2 * g;
-                            *m += (g - *m) * one_b1;
-                            let denom = v.sqrt() / sqrt_bc2 + eps;
-                            *p += *m * neg_step / denom;
-                        }
-                    }
-                    None => {
-                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                            *v = *v * b2 + g * one_b2 * g;
-                            *m += (g - *m) * one_b1;
-                            let denom = v.sqrt() / sqrt_bc2 + eps;
-                            *p += *m * neg_step / denom;
-                        }
-                    }
+                with_simd(|| {
+                    adamw_kernel(
+                        p,
+                        g,
+                        m,
+                        v,
+                        decay,
+                        [b2, one_b1, one_b2, neg_step, sqrt_bc2, eps],
+                    )
                 })
             });
     }
     slot.first = Some(Buf::Device(Tensor::from_data(md, device)));
     slot.second = Some(Buf::Device(Tensor::from_data(vd, device)));
     Tensor::from_data(pd, device)
+}
+
+/// `k = [b2, 1 - b1, 1 - b2, -lr / bias_correction1, sqrt(bias_correction2), eps]`.
+#[inline(always)]
+fn adamw_kernel(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    decay: Option<f32>,
+    k: [f32; 6],
+) {
+    let [b2, one_b1, one_b2, neg_step, sqrt_bc2, eps] = k;
+    match decay {
+        Some(decay) => {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                *p *= decay;
+                *v = *v * b2 + g * one_b2 * g;
+                *m += (g - *m) * one_b1;
+                let denom = v.sqrt() / sqrt_bc2 + eps;
+                *p += *m * neg_step / denom;
+            }
+        }
+        None => {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                *v = *v * b2 + g * one_b2 * g;
+                *m += (g - *m) * one_b1;
+                let denom = v.sqrt() / sqrt_bc2 + eps;
+                *p += *m * neg_step / denom;
+            }
+        }
+    }
 }
 
 fn adamw_update_ops(
@@ -770,6 +838,10 @@ mod tests {
             }),
             OptimizerConfig::Sgd(SgdConfig {
                 momentum: 0.9,
+                weight_decay: 0.0,
+            }),
+            OptimizerConfig::Sgd(SgdConfig {
+                momentum: 0.0,
                 weight_decay: 0.0,
             }),
             OptimizerConfig::AdamW(AdamWConfig::default()),
