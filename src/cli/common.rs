@@ -179,6 +179,43 @@ impl Progress {
     }
 }
 
+/// `evaluate_run` with one progress bar per model it evaluates ("eval F1", ...), skipped
+/// images reported (an error under `--strict`): what `coft eval` and `coft report` share.
+pub fn evaluate_run_with_progress(
+    run: &Path,
+    data: &coft::data::source::Dataset,
+    batch_size: usize,
+    device: &Device,
+    strict: bool,
+) -> anyhow::Result<coft::method::evaluate::Evaluation> {
+    let mut bar: Option<(String, Progress)> = None;
+    let ev = coft::method::evaluate::evaluate_run(
+        run,
+        data,
+        batch_size,
+        device,
+        &mut |what, done, total| {
+            if bar.as_ref().is_none_or(|(w, _)| w != what) {
+                if let Some((_, p)) = bar.take() {
+                    p.finish();
+                }
+                bar = Some((
+                    what.to_string(),
+                    Progress::new(&format!("eval {what}"), total),
+                ));
+            }
+            if let Some((_, p)) = bar.as_mut() {
+                p.set(done);
+            }
+        },
+    )?;
+    if let Some((_, p)) = bar.take() {
+        p.finish();
+    }
+    check_skipped(&ev.skipped, strict)?;
+    Ok(ev)
+}
+
 /// Report skipped images; with `strict`, any of them is an error (nothing is written).
 pub fn check_skipped(skipped: &[Skipped], strict: bool) -> anyhow::Result<()> {
     report_skipped(skipped);

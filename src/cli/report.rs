@@ -48,28 +48,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let (_, test) = coft::method::pipeline::split_data(&ds);
             let on_test = test.is_some();
             let eval_set = test.unwrap_or(ds);
-            let mut bar: Option<(String, Progress)> = None;
-            let ev = coft::method::evaluate::evaluate_run(
+            let ev = common::evaluate_run_with_progress(
                 &a.run,
                 &eval_set,
                 a.opts.batch_size,
                 &device,
-                &mut |what, done, total| {
-                    if bar.as_ref().is_none_or(|(w, _)| w != what) {
-                        if let Some((_, p)) = bar.take() {
-                            p.finish();
-                        }
-                        bar = Some((what.to_string(), Progress::new(what, total)));
-                    }
-                    if let Some((_, p)) = bar.as_mut() {
-                        p.set(done);
-                    }
-                },
+                a.opts.strict,
             )?;
-            if let Some((_, p)) = bar.take() {
-                p.finish();
-            }
-            common::check_skipped(&ev.skipped, a.opts.strict)?;
             let source = format!(
                 "the {} labeled images of {spec_text}{}",
                 ev.truth.len(),

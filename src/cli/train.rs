@@ -267,31 +267,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if !test.has_labels() {
         bail!("{}: no labels to evaluate against", a.data);
     }
-    let mut bar: Option<(String, Progress)> = None;
-    let ev = coft::method::evaluate::evaluate_run(
+    let ev = common::evaluate_run_with_progress(
         &a.run,
         &test,
         a.opts.batch_size,
         &device,
-        &mut |what, done, total| {
-            if bar.as_ref().is_none_or(|(w, _)| w != what) {
-                if let Some((_, p)) = bar.take() {
-                    p.finish();
-                }
-                bar = Some((
-                    what.to_string(),
-                    Progress::new(&format!("eval {what}"), total),
-                ));
-            }
-            if let Some((_, p)) = bar.as_mut() {
-                p.set(done);
-            }
-        },
+        a.opts.strict,
     )?;
-    if let Some((_, p)) = bar.take() {
-        p.finish();
-    }
-    common::check_skipped(&ev.skipped, a.opts.strict)?;
     let classes = ev.classes.clone();
     let mut report: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let cfg = coft::method::pipeline::TrainConfig::load(&a.run.join("config.toml"))?;

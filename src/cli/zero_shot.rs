@@ -98,7 +98,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut correct = 0;
     for (row, &i) in emb.kept.iter().enumerate() {
         let p = &probs[row * c..(row + 1) * c];
-        let pred = argmax(p);
+        let pred = coft::classifier::argmax(p);
         if let Some(l) = &labels {
             correct += usize::from(l[row] == pred);
         }
@@ -120,15 +120,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Index of the largest value (first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -551,6 +551,24 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         }
     };
 
+    // A pseudo-label CSV's rows: image `kept[r]` labelled `labels[r]`, in S* if `selected[r]`.
+    let selection_rows = |kept: &[usize], labels: &[(usize, f32)], selected: &[bool]| {
+        let mut rows: Vec<PseudoLabel> = kept
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| PseudoLabel {
+                path: rel(&paths[i], &ds.root),
+                label: labels[r].0,
+                confidence: labels[r].1,
+                selected: selected[r],
+                clean: None,
+                true_label: truth[i],
+            })
+            .collect();
+        override_given(&mut rows, kept, false);
+        rows
+    };
+
     // Step 0: zero-shot pseudo-labels and S* (top-K, or the top fraction for self-training).
     let stage0 = StageDir::new(run_dir.join("stage0"))?;
     let pl_path = stage0.path("pseudo_labels.csv");
@@ -600,20 +618,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         } else {
             select_top_k(&labels, c, cfg.k)
         };
-        let mut rows: Vec<PseudoLabel> = emb
-            .kept
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| PseudoLabel {
-                path: rel(&paths[i], &ds.root),
-                label: labels[r].0,
-                confidence: labels[r].1,
-                selected: k.selected[r],
-                clean: None,
-                true_label: truth[i],
-            })
-            .collect();
-        override_given(&mut rows, &emb.kept, false);
+        let rows = selection_rows(&emb.kept, &labels, &k.selected);
         pseudo_labels::write_csv(&pl_path, &rows, &ds.classes)?;
         if cfg.method != Method::SelfTraining {
             warn_short(&k.short_classes(cfg.k), &ds.classes, cfg.k);
@@ -687,19 +692,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
                         .map(|(&l, &p)| (l, p))
                         .collect();
                     let selection = select_top_k(&labels, c, cfg.k);
-                    let mut rows: Vec<PseudoLabel> = kept
-                        .iter()
-                        .enumerate()
-                        .map(|(r, &i)| PseudoLabel {
-                            path: rel(&paths[i], &ds.root),
-                            label: labels[r].0,
-                            confidence: labels[r].1,
-                            selected: selection.selected[r],
-                            clean: None,
-                            true_label: truth[i],
-                        })
-                        .collect();
-                    override_given(&mut rows, &kept, false);
+                    let rows = selection_rows(&kept, &labels, &selection.selected);
                     std::fs::create_dir_all(sel.parent().unwrap_or(run_dir))?;
                     pseudo_labels::write_csv(&sel, &rows, &ds.classes)?;
                 }
