@@ -6,20 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-fn coft(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "coft {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::coft_ok as coft;
 
 /// The tiny CLIP of this task: 2 layers, width 32, 16x16 images, 8 epochs on `pre`.
 fn pretrain_tiny(pre: &Path, model: &Path) {

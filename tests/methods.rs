@@ -19,18 +19,8 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-fn coft(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "coft {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::coft_ok as coft;
 
 /// A short run on the demo's unlabeled images with the demo's options.
 fn train(out: &Path, extra: &[&str]) {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+mod common;
+
 fn coft() -> Command {
     Command::new(env!("CARGO_BIN_EXE_coft"))
 }
@@ -36,26 +38,9 @@ struct TinyRun {
 fn tiny_run() -> Option<&'static TinyRun> {
     static RUN: OnceLock<Option<TinyRun>> = OnceLock::new();
     RUN.get_or_init(|| {
-        coft::data::shared::shared_data_dir()?;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let cifar = coft::data::shared::unpack_cached("cifar-10").expect("unpack cifar-10");
-        let test = [cifar.join("cifar-10/test"), cifar.join("test")]
-            .into_iter()
-            .find(|p| p.is_dir())
-            .expect("cifar test folder");
-        let data = root.join("data");
-        for class in ["airplane", "cat", "ship"] {
-            std::fs::create_dir_all(data.join(class)).unwrap();
-            let mut files: Vec<_> = std::fs::read_dir(test.join(class))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            for f in files.iter().take(12) {
-                std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
-            }
-        }
+        let data = common::small_folder(&root)?;
         let run = root.join("run");
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny/hf");
         let o = coft()

@@ -85,6 +85,20 @@ pub fn small_folder(dir: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Run `coft ARGS`, fail the test with its stderr if it fails, and return its stdout.
+pub fn coft_ok(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_coft"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "coft {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 pub fn train(args: &[&str], abort_after: Option<usize>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coft"));
     cmd.arg("train").args(args);
