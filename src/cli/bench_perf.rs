@@ -104,6 +104,13 @@ pub struct PerfArgs {
     iters: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Measure each row this many times, coft and PyTorch taking turns (which goes first
+    /// alternates); the ratio is the median of the rounds' ratios. This machine's memory
+    /// bandwidth drifts by up to 1.5x over minutes (other tenants), which one coft run
+    /// beside one PyTorch run cannot tell apart from a speed difference in the
+    /// memory-bound rows (the optimiser updates).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// burn's balanced gradient checkpointing in the training steps (what `coft train` does
     /// by default): `on` or `off`.
     #[arg(long, default_value = "on")]
@@ -129,8 +136,8 @@ struct Measured {
 }
 
 pub fn run(a: PerfArgs) -> anyhow::Result<()> {
-    if a.batch == 0 || a.iters == 0 || a.threads == 0 {
-        bail!("--batch, --iters and --threads must be at least 1");
+    if a.batch == 0 || a.iters == 0 || a.threads == 0 || a.rounds == 0 {
+        bail!("--batch, --iters, --threads and --rounds must be at least 1");
     }
     if a.checkpointing != "on" && a.checkpointing != "off" {
         bail!("--checkpointing must be `on` or `off`");
@@ -145,7 +152,7 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools");
     let cuda = matches!(a.device, DeviceKind::Cuda);
     println!(
-        "coft bench perf: batch {}, C = {}, {} threads, {}, coft {}, gradient checkpointing {}, median of {} steps after {} warm-up",
+        "coft bench perf: batch {}, C = {}, {} threads, {}, coft {}, gradient checkpointing {}, median of {} steps after {} warm-up{}",
         a.batch,
         a.classes,
         a.threads,
@@ -153,7 +160,15 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         a.dtype,
         a.checkpointing,
         a.iters,
-        a.warmup
+        a.warmup,
+        if a.rounds > 1 {
+            format!(
+                "; {} rounds, coft and PyTorch in turn: medians over rounds, ratio = median of the rounds' ratios",
+                a.rounds
+            )
+        } else {
+            String::new()
+        }
     );
     // coft's column is the process's peak RSS; on CUDA PyTorch's is its peak GPU allocation.
     let (ours_mem, their_mem) = if cuda {
@@ -175,22 +190,52 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     );
     for shape in &a.shapes {
         for &step in &a.steps {
-            let ours = coft_child(&exe, &a, shape, step)
-                .with_context(|| format!("coft, {} at {shape}", step.name()))?;
-            let theirs = match &a.python {
-                Some(py) => Some(
+            let mut ours_runs = Vec::new();
+            let mut theirs_runs = Vec::new();
+            for round in 0..a.rounds {
+                let run_ours = || {
+                    coft_child(&exe, &a, shape, step)
+                        .with_context(|| format!("coft, {} at {shape}", step.name()))
+                };
+                let run_theirs = |py: &PathBuf| {
                     torch_child(py, &tools, &a, shape, step)
-                        .with_context(|| format!("PyTorch, {} at {shape}", step.name()))?,
-                ),
-                None => None,
-            };
+                        .with_context(|| format!("PyTorch, {} at {shape}", step.name()))
+                };
+                match &a.python {
+                    Some(py) if round % 2 == 1 => {
+                        theirs_runs.push(run_theirs(py)?);
+                        ours_runs.push(run_ours()?);
+                    }
+                    Some(py) => {
+                        ours_runs.push(run_ours()?);
+                        theirs_runs.push(run_theirs(py)?);
+                    }
+                    None => ours_runs.push(run_ours()?),
+                }
+            }
+            let ours = combine(&ours_runs);
+            let theirs = (!theirs_runs.is_empty()).then(|| combine(&theirs_runs));
             let mib = |m: &Measured| m.peak_gpu_mib.unwrap_or(m.peak_rss_mib);
             let (t_ips, t_mib, ratio) = match &theirs {
-                Some(t) => (
-                    format!("{:.2}", t.img_per_s),
-                    format!("{:.0}", mib(t)),
-                    format!("{:.2}x", ours.img_per_s / t.img_per_s),
-                ),
+                Some(t) => {
+                    let ratios: Vec<f64> = ours_runs
+                        .iter()
+                        .zip(&theirs_runs)
+                        .map(|(o, t)| o.img_per_s / t.img_per_s)
+                        .collect();
+                    let spread = if ratios.len() > 1 {
+                        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = ratios.iter().copied().fold(0.0, f64::max);
+                        format!(" ({lo:.2}-{hi:.2})")
+                    } else {
+                        String::new()
+                    };
+                    (
+                        format!("{:.2}", t.img_per_s),
+                        format!("{:.0}", mib(t)),
+                        format!("{:.2}x{spread}", median(ratios)),
+                    )
+                }
                 None => ("-".into(), "-".into(), "-".into()),
             };
             let flops = if cuda {
@@ -220,6 +265,26 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One row's figures over several rounds: median speed, peak memory over all of them.
+fn combine(runs: &[Measured]) -> Measured {
+    let peak = |f: &dyn Fn(&Measured) -> Option<f64>| {
+        runs.iter()
+            .filter_map(f)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    Measured {
+        img_per_s: median(runs.iter().map(|m| m.img_per_s).collect()),
+        step_s: median(runs.iter().map(|m| m.step_s).collect()),
+        peak_rss_mib: peak(&|m| Some(m.peak_rss_mib)).unwrap_or(0.0),
+        peak_gpu_mib: peak(&|m| m.peak_gpu_mib),
+    }
 }
 
 fn coft_child(
@@ -502,19 +567,24 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                 Optimizer::new(OptimizerConfig::AdamW(AdamWConfig::default()))
             };
             let sizes = param_sizes(model.as_ref().unwrap());
+            let base: Vec<Tensor<1>> = sizes
+                .iter()
+                .map(|&n| Tensor::random([n], Distribution::Normal(0.0, 1e-3), &device))
+                .collect();
             for i in 0..total {
-                // Fresh gradients each step, made outside the timed region.
-                let grads: Vec<Option<Tensor<1>>> = sizes
+                // Fresh gradients each step (the update consumes them, as in training), made
+                // outside the timed region by a multi-threaded copy: made by the serial random
+                // generator instead, one core sat idle for a second before every timed step
+                // and the memory-bound update then ran ~30% slower than back to back (measured
+                // with a bare loop), which training, where the backward pass keeps every core
+                // busy, never sees. PyTorch's side gets the same: fresh `.grad` copies.
+                let grads: Vec<Option<Tensor<1>>> = base
                     .iter()
-                    .map(|&n| {
-                        Some(Tensor::random(
-                            [n],
-                            Distribution::Normal(0.0, 1e-3),
-                            &device,
-                        ))
-                    })
+                    .map(|g| Some(g.clone().mul_scalar(1.0)))
                     .collect();
-                let _ = coft::infer::to_vec(grads[0].clone().unwrap().narrow(0, 0, 1));
+                for g in grads.iter().flatten() {
+                    let _ = coft::infer::to_vec(g.clone().narrow(0, 0, 1));
+                }
                 let mut grads = Some(grads);
                 time(i, &mut || {
                     let m =
@@ -563,4 +633,34 @@ fn sync_params<M: Module>(m: &M) {
         }
     }
     m.visit(&mut Sync);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ips: f64, rss: f64, gpu: Option<f64>) -> Measured {
+        Measured {
+            img_per_s: ips,
+            step_s: 1.0 / ips,
+            peak_rss_mib: rss,
+            peak_gpu_mib: gpu,
+        }
+    }
+
+    /// Rounds combine to the median speed and the largest peak memory.
+    #[test]
+    fn rounds_combine_to_median_speed_and_peak_memory() {
+        let c = combine(&[
+            m(10.0, 100.0, None),
+            m(30.0, 300.0, Some(5.0)),
+            m(20.0, 200.0, Some(7.0)),
+        ]);
+        assert_eq!(c.img_per_s, 20.0);
+        assert_eq!(c.step_s, 1.0 / 20.0);
+        assert_eq!(c.peak_rss_mib, 300.0);
+        assert_eq!(c.peak_gpu_mib, Some(7.0));
+        assert_eq!(combine(&[m(4.0, 1.0, None)]).peak_gpu_mib, None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0, 5.0, 4.0]), 3.0);
+    }
 }

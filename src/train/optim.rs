@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Gradients, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
@@ -161,29 +161,36 @@ impl Optimizer {
     /// it from `grads`, so its buffer can be reused); parameters without one are returned
     /// as they are. State slot `i` belongs to the `i`-th float parameter in visit order.
     pub fn step<M: Module>(&mut self, module: M, grads: &mut Gradients, lr: f64) -> M {
-        struct Step<'a> {
+        struct Gather<'a> {
             opt: &'a mut Optimizer,
             grads: &'a mut Gradients,
             lr: f64,
             index: usize,
+            jobs: Vec<HostJob>,
         }
-        impl ModuleMapper for Step<'_> {
+        impl ModuleMapper for Gather<'_> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 let slot = self.index;
                 self.index += 1;
                 let grad = param.val().grad_remove(self.grads);
                 match grad {
-                    Some(grad) => param.map(|p| self.opt.update(slot, p, grad, self.lr)),
+                    Some(grad) => {
+                        param.map(|p| self.opt.begin(slot, p, grad, self.lr, &mut self.jobs))
+                    }
                     None => param,
                 }
             }
         }
-        module.map(&mut Step {
+        let mut gather = Gather {
             opt: self,
             grads,
             lr,
             index: 0,
-        })
+            jobs: Vec::new(),
+        };
+        let module = module.map(&mut gather);
+        let jobs = gather.jobs;
+        self.finish_module(module, jobs, lr)
     }
 
     /// [`step`](Self::step) with the gradients given in visit order, one per float parameter
@@ -191,31 +198,64 @@ impl Optimizer {
     /// reshaped to its parameter): gradients reduced over data-parallel replicas, or made up
     /// for a benchmark. Fewer entries than parameters leave the rest unchanged.
     pub fn step_with<M: Module>(&mut self, module: M, grads: Vec<Option<Tensor<1>>>, lr: f64) -> M {
-        struct Step<'a> {
+        struct Gather<'a> {
             opt: &'a mut Optimizer,
             grads: std::vec::IntoIter<Option<Tensor<1>>>,
             lr: f64,
             index: usize,
+            jobs: Vec<HostJob>,
         }
-        impl ModuleMapper for Step<'_> {
+        impl ModuleMapper for Gather<'_> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 let slot = self.index;
                 self.index += 1;
                 match self.grads.next().flatten() {
-                    Some(grad) => param.map(|p| {
-                        let grad = grad.reshape(p.dims());
-                        self.opt.update(slot, p, grad, self.lr)
-                    }),
+                    Some(grad) => {
+                        param.map(|p| self.opt.begin(slot, p, grad, self.lr, &mut self.jobs))
+                    }
                     None => param,
                 }
             }
         }
-        module.map(&mut Step {
+        let mut gather = Gather {
             opt: self,
             grads: grads.into_iter(),
             lr,
             index: 0,
-        })
+            jobs: Vec::new(),
+        };
+        let module = module.map(&mut gather);
+        let jobs = gather.jobs;
+        self.finish_module(module, jobs, lr)
+    }
+
+    /// Run the gathered host updates in one pass and put each result in its placeholder.
+    fn finish_module<M: Module>(&mut self, module: M, jobs: Vec<HostJob>, lr: f64) -> M {
+        struct Scatter {
+            done: std::iter::Peekable<std::vec::IntoIter<Done>>,
+            index: usize,
+        }
+        impl ModuleMapper for Scatter {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let slot = self.index;
+                self.index += 1;
+                match self.done.next_if(|d| d.slot == slot) {
+                    Some(d) => param.map(|_| d.tensor()),
+                    None => param,
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return module;
+        }
+        let done = self.run_jobs(jobs, lr);
+        let mut scatter = Scatter {
+            done: done.into_iter().peekable(),
+            index: 0,
+        };
+        let module = module.map(&mut scatter);
+        debug_assert!(scatter.done.next().is_none(), "every update is put back");
+        module
     }
 
     /// [`step`](Self::step) for free-standing tensors of one rank; slot `i` is `params[i]`.
@@ -227,9 +267,18 @@ impl Optimizer {
         grads: &mut Gradients,
         lr: f64,
     ) {
+        let mut jobs = Vec::new();
         for (slot, p) in params.iter_mut().enumerate() {
             if let Some(grad) = p.grad_remove(grads) {
-                *p = self.update(slot, p.clone(), grad, lr);
+                let placeholder = Tensor::empty([0; D], &p.device());
+                let param = std::mem::replace(p, placeholder);
+                *p = self.begin(slot, param, grad, lr, &mut jobs);
+            }
+        }
+        if !jobs.is_empty() {
+            for d in self.run_jobs(jobs, lr) {
+                let slot = d.slot;
+                params[slot] = d.tensor();
             }
         }
     }
@@ -243,46 +292,55 @@ impl Optimizer {
         grads: &mut Gradients,
         lr: f64,
     ) -> Tensor<D> {
-        match param.grad_remove(grads) {
-            Some(grad) => self.update(slot, param, grad, lr),
-            None => param,
+        let Some(grad) = param.grad_remove(grads) else {
+            return param;
+        };
+        let mut jobs = Vec::new();
+        let out = self.begin(slot, param, grad, lr, &mut jobs);
+        match self.run_jobs(jobs, lr).pop() {
+            Some(d) => d.tensor(),
+            None => out,
         }
     }
 
-    fn update<const D: usize>(
+    /// Start one parameter's update. On the CPU it becomes a [`HostJob`], run with the step's
+    /// others in one parallel pass ([`run_jobs`](Self::run_jobs)), and an empty placeholder
+    /// stands in for the parameter until then; elsewhere it runs now, as tensor operations.
+    /// One pass for the whole step instead of one per tensor: ~150 fork-joins less, measured
+    /// 8% faster on the bare loop at ViT-B/16 (memory-bound, 2 cores).
+    fn begin<const D: usize, const G: usize>(
         &mut self,
         index: usize,
         param: Tensor<D>,
-        grad: Tensor<D>,
+        grad: Tensor<G>,
         lr: f64,
+        jobs: &mut Vec<HostJob>,
     ) -> Tensor<D> {
-        let dims = param.dims();
-        let n: usize = dims.iter().product();
-        let autodiff = param.is_autodiff();
-        let require_grad = param.is_require_grad();
-        let strategy = param.gradient_checkpointing_strategy();
-
+        let wrap = Wrap::of(&param);
+        let n: usize = wrap.dims.iter().product();
         let p = param.inner().reshape([n]);
         let g = grad.inner().reshape([n]);
         let device = p.device();
         let config = self.config;
-        let slot = self.slot(index, &dims);
-        let p = match config {
-            OptimizerConfig::Sgd(c) => sgd_update(&c, slot, p, g, lr, &device),
-            OptimizerConfig::AdamW(c) => adamw_update(&c, slot, p, g, lr, &device),
-        };
-
-        let mut out = p.reshape(dims);
-        if autodiff {
-            out = out.autodiff();
-            if let Some(s) = strategy {
-                out = out.with_gradient_checkpointing_strategy(s);
-            }
-            if require_grad {
-                out = out.require_grad();
-            }
+        let slot = self.slot(index, &wrap.dims);
+        if fused_on_host(&p, &device) {
+            let take = |b: Option<Buf>| b.map(|b| b.take(&device).into_data());
+            jobs.push(HostJob {
+                slot: index,
+                first: take(slot.first.take()),
+                second: take(slot.second.take()),
+                p: p.into_data(),
+                g: Some(g.into_data()),
+                wrap,
+                device: device.clone(),
+            });
+            return Tensor::empty([0; D], &device);
         }
-        out
+        let p = match config {
+            OptimizerConfig::Sgd(c) => sgd_update_ops(&c, slot, p, g, lr, &device),
+            OptimizerConfig::AdamW(c) => adamw_update_ops(&c, slot, p, g, lr, &device),
+        };
+        wrap.apply(p)
     }
 
     fn slot(&mut self, index: usize, dims: &[usize]) -> &mut Slot {
@@ -486,99 +544,229 @@ fn fused_on_host(p: &Tensor<1>, device: &Device) -> bool {
 /// Elements per rayon task of the fused updates.
 const CHUNK: usize = 1 << 15;
 
-/// Run a fused-update loop compiled for AVX-512 when the processor has it (the crate is built
-/// for baseline x86-64, whose 4-wide square roots and divisions make AdamW compute-bound). Only
-/// the vector width changes: Rust never contracts `a * b + c` into an FMA, and IEEE square
-/// root and division round the same at any width, so the results stay bit-identical.
-#[inline(always)]
-fn with_simd(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the processor supports the features `avx512` is compiled for.
-        unsafe { avx512(f) };
-        return;
+/// How a parameter tensor was wrapped (shape, autodiff flags), to rebuild it after its update
+/// ran on the flat inner tensor.
+struct Wrap {
+    dims: Vec<usize>,
+    autodiff: bool,
+    require_grad: bool,
+    strategy: Option<GradientCheckpointingStrategy>,
+}
+
+impl Wrap {
+    fn of<const D: usize>(t: &Tensor<D>) -> Self {
+        Self {
+            dims: t.dims().to_vec(),
+            autodiff: t.is_autodiff(),
+            require_grad: t.is_require_grad(),
+            strategy: t.gradient_checkpointing_strategy(),
+        }
     }
-    f()
+
+    /// The updated value as a fresh leaf (a new graph starts at the next forward pass).
+    fn apply<const D: usize>(&self, flat: Tensor<1>) -> Tensor<D> {
+        let dims: [usize; D] = self.dims.clone().try_into().expect("rank recorded by `of`");
+        let mut out = flat.reshape(dims);
+        if self.autodiff {
+            out = out.autodiff();
+            if let Some(s) = self.strategy {
+                out = out.with_gradient_checkpointing_strategy(s);
+            }
+            if self.require_grad {
+                out = out.require_grad();
+            }
+        }
+        out
+    }
+}
+
+/// One parameter's update on host memory, waiting for the step's single parallel pass. Each
+/// buffer is owned (not shared), so the pass writes in place.
+struct HostJob {
+    slot: usize,
+    wrap: Wrap,
+    device: Device,
+    p: TensorData,
+    /// `None` once it became the SGD momentum buffer (first step).
+    g: Option<TensorData>,
+    /// SGD momentum buffer or AdamW `exp_avg`; `None` before the first step.
+    first: Option<TensorData>,
+    /// AdamW `exp_avg_sq`.
+    second: Option<TensorData>,
+}
+
+/// A finished update: the new value of parameter `slot`.
+struct Done {
+    slot: usize,
+    wrap: Wrap,
+    value: Tensor<1>,
+}
+
+impl Done {
+    fn tensor<const D: usize>(self) -> Tensor<D> {
+        self.wrap.apply(self.value)
+    }
+}
+
+/// SGD's scalars for one step, in f32 as the loops use them.
+#[derive(Clone, Copy)]
+struct SgdScalars {
+    wd: Option<f32>,
+    mom: f32,
+    lr: f32,
+}
+
+/// A piece of one parameter's update: at most [`CHUNK`] elements, so both cores share every
+/// tensor and the small ones ride along.
+enum Task<'a> {
+    SgdMomentum(&'a mut [f32], &'a [f32], &'a mut [f32], SgdScalars),
+    /// The first step with momentum: the buffer is `d` itself, kept in the gradient's memory.
+    SgdFirst(&'a mut [f32], &'a mut [f32], SgdScalars),
+    SgdPlain(&'a mut [f32], &'a [f32], SgdScalars),
+    AdamW {
+        p: &'a mut [f32],
+        g: &'a [f32],
+        m: &'a mut [f32],
+        v: &'a mut [f32],
+        decay: Option<f32>,
+        k: [f32; 6],
+    },
+}
+
+impl Task<'_> {
+    /// Run compiled for AVX-512 when the processor has it (the crate is built for baseline
+    /// x86-64, whose 4-wide square roots and divisions make AdamW compute-bound). Only the
+    /// vector width changes: Rust never contracts `a * b + c` into an FMA, and IEEE square
+    /// root and division round the same at any width, so the results stay bit-identical.
+    fn run(self) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor supports the features `run_avx512` is compiled for.
+            unsafe { run_avx512(self) };
+            return;
+        }
+        self.run_inline()
+    }
+
+    // Inlined into `run_avx512`, whose target features then apply to the loops: called
+    // through a closure instead, it was not inlined and the loops stayed 4-wide (checked
+    // in the disassembly; AdamW ran at 0.77x PyTorch).
+    #[inline(always)]
+    fn run_inline(self) {
+        match self {
+            Task::SgdMomentum(p, g, b, s) => sgd_momentum_kernel(p, g, b, s.wd, s.mom, s.lr),
+            Task::SgdFirst(p, g, s) => sgd_first_kernel(p, g, s.wd, s.lr),
+            Task::SgdPlain(p, g, s) => sgd_plain_kernel(p, g, s.wd, s.lr),
+            Task::AdamW {
+                p,
+                g,
+                m,
+                v,
+                decay,
+                k,
+            } => adamw_kernel(p, g, m, v, decay, k),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,avx")]
-unsafe fn avx512(f: impl FnOnce()) {
-    f()
+unsafe fn run_avx512(task: Task<'_>) {
+    task.run_inline()
 }
 
-fn host_vec(t: Tensor<1>) -> TensorData {
-    t.into_data()
+fn f32s(d: &mut TensorData) -> &mut [f32] {
+    d.as_mut_slice::<f32>().expect("f32 host buffer")
 }
 
-fn sgd_update(
-    c: &SgdConfig,
-    slot: &mut Slot,
-    p: Tensor<1>,
-    g: Tensor<1>,
-    lr: f64,
-    device: &Device,
-) -> Tensor<1> {
-    if fused_on_host(&p, device) {
-        sgd_update_fused(c, slot, p, g, lr, device)
-    } else {
-        sgd_update_ops(c, slot, p, g, lr, device)
-    }
-}
-
-/// [`sgd_update_ops`] as one pass over the three buffers, in place, with the same f32
-/// operations in the same order (bit-identical; `fused_updates_are_bit_identical` checks).
-/// On the CPU the tensor-op version makes ~6 passes and 2 temporaries of every parameter.
-fn sgd_update_fused(
-    c: &SgdConfig,
-    slot: &mut Slot,
-    p: Tensor<1>,
-    g: Tensor<1>,
-    lr: f64,
-    device: &Device,
-) -> Tensor<1> {
-    use rayon::prelude::*;
-    let n = p.dims()[0];
-    let (wd, mom, lr) = (c.weight_decay as f32, c.momentum as f32, lr as f32);
-    let (use_wd, use_mom) = (c.weight_decay != 0.0, c.momentum != 0.0);
-    let mut pd = host_vec(p);
-    let mut gd = host_vec(g);
-    let buf = if use_mom {
-        slot.first.take().map(|b| host_vec(b.take(device)))
-    } else {
-        None
-    };
-    {
-        let pv = pd.as_mut_slice::<f32>().expect("f32 parameter");
-        let gv = gd.as_mut_slice::<f32>().expect("f32 gradient");
-        let wd = use_wd.then_some(wd);
-        match (use_mom, buf) {
-            (true, Some(mut bd)) => {
-                let bv = bd.as_mut_slice::<f32>().expect("f32 momentum");
-                pv.par_chunks_mut(CHUNK)
-                    .zip(gv.par_chunks(CHUNK))
-                    .zip(bv.par_chunks_mut(CHUNK))
-                    .for_each(|((p, g), b)| {
-                        with_simd(|| sgd_momentum_kernel(p, g, b, wd, mom, lr))
-                    });
-                slot.first = Some(Buf::Device(Tensor::from_data(bd, device)));
-            }
-            (true, None) => {
-                // The first step: the buffer is d itself, kept in the gradient's memory.
-                pv.par_chunks_mut(CHUNK)
-                    .zip(gv.par_chunks_mut(CHUNK))
-                    .for_each(|(p, g)| with_simd(|| sgd_first_kernel(p, g, wd, lr)));
-                slot.first = Some(Buf::Device(Tensor::from_data(gd, device)));
-            }
-            (false, _) => {
-                pv.par_chunks_mut(CHUNK)
-                    .zip(gv.par_chunks(CHUNK))
-                    .for_each(|(p, g)| with_simd(|| sgd_plain_kernel(p, g, wd, lr)));
+impl Optimizer {
+    /// Run gathered host updates as one parallel pass over all their pieces, store the new
+    /// state, and return the new values in slot order. The same f32 operations in the same
+    /// order as the tensor-op updates (`sgd_update_ops`, `adamw_update_ops`): bit-identical
+    /// (`fused_updates_are_bit_identical`), ~6 passes and 2 temporaries fewer per parameter.
+    fn run_jobs(&mut self, mut jobs: Vec<HostJob>, lr: f64) -> Vec<Done> {
+        use rayon::prelude::*;
+        let config = self.config;
+        let mut tasks = Vec::new();
+        for job in &mut jobs {
+            let n: usize = job.wrap.dims.iter().product();
+            let p = f32s(&mut job.p).chunks_mut(CHUNK);
+            let g = job.g.as_mut().map(f32s).expect("gradient");
+            match config {
+                OptimizerConfig::Sgd(c) => {
+                    let s = SgdScalars {
+                        wd: (c.weight_decay != 0.0).then_some(c.weight_decay as f32),
+                        mom: c.momentum as f32,
+                        lr: lr as f32,
+                    };
+                    match (c.momentum != 0.0, job.first.as_mut()) {
+                        (true, Some(b)) => tasks.extend(
+                            p.zip(g.chunks(CHUNK))
+                                .zip(f32s(b).chunks_mut(CHUNK))
+                                .map(|((p, g), b)| Task::SgdMomentum(p, g, b, s)),
+                        ),
+                        (true, None) => tasks.extend(
+                            p.zip(g.chunks_mut(CHUNK))
+                                .map(|(p, g)| Task::SgdFirst(p, g, s)),
+                        ),
+                        (false, _) => tasks
+                            .extend(p.zip(g.chunks(CHUNK)).map(|(p, g)| Task::SgdPlain(p, g, s))),
+                    }
+                }
+                OptimizerConfig::AdamW(c) => {
+                    // PyTorch counts steps per parameter: bias correction is per slot.
+                    let state = self.slots[job.slot].as_mut().expect("slot made by begin");
+                    state.step += 1;
+                    let t = state.step as f64;
+                    let decay =
+                        (c.weight_decay != 0.0).then_some((1.0 - lr * c.weight_decay) as f32);
+                    let k = [
+                        c.beta2 as f32,
+                        (1.0 - c.beta1) as f32,
+                        (1.0 - c.beta2) as f32,
+                        (-(lr / (1.0 - c.beta1.powf(t)))) as f32,
+                        (1.0 - c.beta2.powf(t)).sqrt() as f32,
+                        c.eps as f32,
+                    ];
+                    let zeros = || TensorData::new(vec![0f32; n], [n]);
+                    let m = f32s(job.first.get_or_insert_with(zeros)).chunks_mut(CHUNK);
+                    let v = f32s(job.second.get_or_insert_with(zeros)).chunks_mut(CHUNK);
+                    tasks.extend(
+                        p.zip(g.chunks(CHUNK))
+                            .zip(m)
+                            .zip(v)
+                            .map(|(((p, g), m), v)| Task::AdamW {
+                                p,
+                                g,
+                                m,
+                                v,
+                                decay,
+                                k,
+                            }),
+                    );
+                }
             }
         }
+        tasks.into_par_iter().for_each(Task::run);
+        let momentum = matches!(config, OptimizerConfig::Sgd(c) if c.momentum != 0.0);
+        jobs.into_iter()
+            .map(|mut job| {
+                if momentum && job.first.is_none() {
+                    job.first = job.g.take();
+                }
+                let state = self.slots[job.slot].as_mut().expect("slot made by begin");
+                let dev = &job.device;
+                let put = |d: Option<TensorData>| d.map(|d| Buf::Device(Tensor::from_data(d, dev)));
+                state.first = put(job.first);
+                state.second = put(job.second);
+                Done {
+                    slot: job.slot,
+                    wrap: job.wrap,
+                    value: Tensor::from_data(job.p, dev),
+                }
+            })
+            .collect()
     }
-    debug_assert_eq!(pd.num_elements(), n);
-    Tensor::from_data(pd, device)
 }
 
 // The update loops take their scalars by value and branch outside the loop. Captured by
@@ -667,79 +855,6 @@ fn sgd_update_ops(
     p - d.mul_scalar(lr)
 }
 
-fn adamw_update(
-    c: &AdamWConfig,
-    slot: &mut Slot,
-    p: Tensor<1>,
-    g: Tensor<1>,
-    lr: f64,
-    device: &Device,
-) -> Tensor<1> {
-    if fused_on_host(&p, device) {
-        adamw_update_fused(c, slot, p, g, lr, device)
-    } else {
-        adamw_update_ops(c, slot, p, g, lr, device)
-    }
-}
-
-/// [`adamw_update_ops`] as one in-place pass, bit-identical (same f32 operations, same order).
-fn adamw_update_fused(
-    c: &AdamWConfig,
-    slot: &mut Slot,
-    p: Tensor<1>,
-    g: Tensor<1>,
-    lr: f64,
-    device: &Device,
-) -> Tensor<1> {
-    use rayon::prelude::*;
-    slot.step += 1;
-    let n = p.dims()[0];
-    let t = slot.step as f64;
-    let decay = (c.weight_decay != 0.0).then_some((1.0 - lr * c.weight_decay) as f32);
-    let b2 = c.beta2 as f32;
-    let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-    let bias_correction2 = 1.0 - c.beta2.powf(t);
-    let neg_step = (-(lr / (1.0 - c.beta1.powf(t)))) as f32;
-    let sqrt_bc2 = bias_correction2.sqrt() as f32;
-    let eps = c.eps as f32;
-    let zeros = || TensorData::new(vec![0f32; n], [n]);
-    let mut pd = host_vec(p);
-    let gd = host_vec(g);
-    let mut md = slot
-        .first
-        .take()
-        .map_or_else(zeros, |b| host_vec(b.take(device)));
-    let mut vd = slot
-        .second
-        .take()
-        .map_or_else(zeros, |b| host_vec(b.take(device)));
-    {
-        let pv = pd.as_mut_slice::<f32>().expect("f32 parameter");
-        let gv = gd.as_slice::<f32>().expect("f32 gradient");
-        let mv = md.as_mut_slice::<f32>().expect("f32 exp_avg");
-        let vv = vd.as_mut_slice::<f32>().expect("f32 exp_avg_sq");
-        pv.par_chunks_mut(CHUNK)
-            .zip(gv.par_chunks(CHUNK))
-            .zip(mv.par_chunks_mut(CHUNK))
-            .zip(vv.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                with_simd(|| {
-                    adamw_kernel(
-                        p,
-                        g,
-                        m,
-                        v,
-                        decay,
-                        [b2, one_b1, one_b2, neg_step, sqrt_bc2, eps],
-                    )
-                })
-            });
-    }
-    slot.first = Some(Buf::Device(Tensor::from_data(md, device)));
-    slot.second = Some(Buf::Device(Tensor::from_data(vd, device)));
-    Tensor::from_data(pd, device)
-}
-
 /// `k = [b2, 1 - b1, 1 - b2, -lr / bias_correction1, sqrt(bias_correction2), eps]`.
 #[inline(always)]
 fn adamw_kernel(
@@ -823,14 +938,29 @@ mod tests {
             .collect()
     }
 
-    /// The fused CPU updates give exactly the bits of the tensor-op updates they replace, over
-    /// several steps (first step, then with state).
-    #[test]
-    fn fused_updates_are_bit_identical() {
-        let dev = Device::flex();
-        let n = 100_003; // several rayon chunks and a ragged end
-        let rand = |s: f64| Tensor::<1>::random([n], Distribution::Normal(0.0, s), &dev);
-        let configs = [
+    /// One host step over free-standing parameters `(slot, value, gradient)`, all in one pass.
+    fn fused(
+        opt: &mut Optimizer,
+        params: Vec<(usize, Tensor<1>, Tensor<1>)>,
+        lr: f64,
+    ) -> Vec<Tensor<1>> {
+        let mut jobs = Vec::new();
+        for (slot, p, g) in params {
+            let placeholder = opt.begin(slot, p, g, lr, &mut jobs);
+            assert_eq!(
+                placeholder.dims(),
+                [0],
+                "a CPU update is deferred to the pass"
+            );
+        }
+        opt.run_jobs(jobs, lr)
+            .into_iter()
+            .map(Done::tensor)
+            .collect()
+    }
+
+    fn configs() -> [OptimizerConfig; 6] {
+        [
             OptimizerConfig::Sgd(SgdConfig::default()),
             OptimizerConfig::Sgd(SgdConfig {
                 momentum: 0.0,
@@ -849,43 +979,90 @@ mod tests {
                 weight_decay: 0.0,
                 ..AdamWConfig::default()
             }),
-        ];
-        for config in configs {
-            let new_slot = || Slot {
-                shape: vec![n],
-                step: 0,
-                first: None,
-                second: None,
-            };
-            let (mut fused, mut ops) = (new_slot(), new_slot());
-            let mut p_fused = rand(1.0);
-            let mut p_ops = Tensor::from_data(p_fused.to_data(), &dev);
+        ]
+    }
+
+    /// The fused CPU pass gives exactly the bits of the tensor-op updates it replaces, over
+    /// several steps (first step, then with state), for parameters of several sizes updated in
+    /// one pass (each keeps its own state and, for AdamW, its own step count).
+    #[test]
+    fn fused_updates_are_bit_identical() {
+        let dev = Device::flex();
+        // Several rayon chunks with a ragged end, one chunk exactly, and a small tensor.
+        let sizes = [100_003, CHUNK, 7];
+        let rand = |n: usize, s: f64| Tensor::<1>::random([n], Distribution::Normal(0.0, s), &dev);
+        for config in configs() {
+            let mut opt = Optimizer::new(config);
+            let mut ops: Vec<Slot> = sizes
+                .iter()
+                .map(|&n| Slot {
+                    shape: vec![n],
+                    step: 0,
+                    first: None,
+                    second: None,
+                })
+                .collect();
+            let mut p_fused: Vec<Tensor<1>> = sizes.iter().map(|&n| rand(n, 1.0)).collect();
+            let mut p_ops: Vec<Tensor<1>> = p_fused
+                .iter()
+                .map(|p| Tensor::from_data(p.to_data(), &dev))
+                .collect();
             for step in 0..3 {
-                let g = rand(0.1);
-                let g2 = Tensor::from_data(g.to_data(), &dev);
                 let lr = 0.01 * (step + 1) as f64;
-                (p_fused, p_ops) = match &config {
-                    OptimizerConfig::Sgd(c) => (
-                        sgd_update_fused(c, &mut fused, p_fused, g, lr, &dev),
-                        sgd_update_ops(c, &mut ops, p_ops, g2, lr, &dev),
-                    ),
-                    OptimizerConfig::AdamW(c) => (
-                        adamw_update_fused(c, &mut fused, p_fused, g, lr, &dev),
-                        adamw_update_ops(c, &mut ops, p_ops, g2, lr, &dev),
-                    ),
-                };
-                assert!(
-                    bits(&p_fused) == bits(&p_ops),
-                    "{config:?}, step {step}: parameters differ"
-                );
-                let state = |s: &Slot| s.first.as_ref().map(|b| b.to_host(&[n]).data);
-                assert_eq!(state(&fused), state(&ops), "{config:?}, step {step}: state");
+                let g: Vec<Tensor<1>> = sizes.iter().map(|&n| rand(n, 0.1)).collect();
+                // The small tensor skips step 1: its AdamW bias correction lags the others'.
+                let active: Vec<usize> = (0..sizes.len())
+                    .filter(|&i| !(i == 2 && step == 1))
+                    .collect();
+                let params = active
+                    .iter()
+                    .map(|&i| {
+                        (
+                            i,
+                            p_fused[i].clone(),
+                            Tensor::from_data(g[i].to_data(), &dev),
+                        )
+                    })
+                    .collect();
+                let mut p_fused_new = p_fused.clone();
+                for (&i, p) in active.iter().zip(fused(&mut opt, params, lr)) {
+                    p_fused_new[i] = p;
+                }
+                p_fused = p_fused_new;
+                for &i in &active {
+                    let (p, g) = (p_ops[i].clone(), g[i].clone());
+                    p_ops[i] = match &config {
+                        OptimizerConfig::Sgd(c) => sgd_update_ops(c, &mut ops[i], p, g, lr, &dev),
+                        OptimizerConfig::AdamW(c) => {
+                            adamw_update_ops(c, &mut ops[i], p, g, lr, &dev)
+                        }
+                    };
+                }
+                for (i, n) in sizes.iter().enumerate() {
+                    assert!(
+                        bits(&p_fused[i]) == bits(&p_ops[i]),
+                        "{config:?}, step {step}, tensor {i}: parameters differ"
+                    );
+                    let fused_slot = opt.slots[i].as_ref().expect("slot");
+                    let state = |s: &Slot| {
+                        (
+                            s.step,
+                            s.first.as_ref().map(|b| b.to_host(&[*n]).data),
+                            s.second.as_ref().map(|b| b.to_host(&[*n]).data),
+                        )
+                    };
+                    assert_eq!(
+                        state(fused_slot),
+                        state(&ops[i]),
+                        "{config:?}, step {step}, tensor {i}: state"
+                    );
+                }
             }
         }
     }
 
     /// `cargo test --release --lib fused_update_speed -- --ignored --nocapture`: the fused
-    /// updates against the tensor-op ones they replace, interleaved, medians.
+    /// pass against the tensor-op updates it replaces, interleaved, medians.
     #[test]
     #[ignore]
     fn fused_update_speed() {
@@ -895,13 +1072,13 @@ mod tests {
             OptimizerConfig::Sgd(SgdConfig::default()),
             OptimizerConfig::AdamW(AdamWConfig::default()),
         ] {
-            let new_slot = || Slot {
+            let mut opt = Optimizer::new(config);
+            let mut so = Slot {
                 shape: vec![n],
                 step: 0,
                 first: None,
                 second: None,
             };
-            let (mut sf, mut so) = (new_slot(), new_slot());
             let mut pf = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
             let mut po = Tensor::from_data(pf.to_data(), &dev);
             let (mut tf, mut to) = (Vec::new(), Vec::new());
@@ -909,10 +1086,7 @@ mod tests {
                 let g = || Tensor::<1>::random([n], Distribution::Normal(0.0, 0.1), &dev);
                 let (g1, g2) = (g(), g());
                 let t = std::time::Instant::now();
-                pf = match &config {
-                    OptimizerConfig::Sgd(c) => sgd_update_fused(c, &mut sf, pf, g1, 0.01, &dev),
-                    OptimizerConfig::AdamW(c) => adamw_update_fused(c, &mut sf, pf, g1, 0.01, &dev),
-                };
+                pf = fused(&mut opt, vec![(0, pf, g1)], 0.01).remove(0);
                 let _ = HostData::from_tensor(&pf.clone().narrow(0, 0, 1));
                 let a = t.elapsed().as_secs_f64();
                 let t = std::time::Instant::now();
