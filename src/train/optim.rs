@@ -8,7 +8,9 @@
 //!
 //! Updates run on the inner (non-autodiff) backend and the new value is lifted back as a
 //! fresh leaf that requires a gradient, so the next forward starts a new graph. Buffers are
-//! consumed by value, which lets the Flex backend update them in place.
+//! consumed by value, which lets the Flex backend update them in place: on the CPU a step
+//! takes every parameter's buffers out of the module, updates them all in one parallel pass,
+//! and puts them back (see [`Optimizer::step`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
