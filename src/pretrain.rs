@@ -694,7 +694,7 @@ pub fn load_pairs(
 /// Initial weights in Hugging Face names, with CLIP's initialisation scales: OpenAI's
 /// text-transformer rule (attention in-projections `w^-1/2`, output projections and second
 /// MLP layers `w^-1/2 (2L)^-1/2`, first MLP layers `(2w)^-1/2`, token embeddings 0.02,
-/// text positions 0.01, projections `w^-1/2`) applied to both towers **[decision]**
+/// text positions 0.01, projections `w^-1/2`) applied to both towers **\[decision\]**
 /// (OpenAI leaves the ViT blocks at PyTorch's defaults), the ViT's class and position
 /// embeddings `w^-1/2` as OpenAI, the patch embedding at PyTorch's convolution default
 /// spread (`(3 * fan_in)^-1/2`). Unit LayerNorm gains, zero biases.

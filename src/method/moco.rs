@@ -420,7 +420,7 @@ fn load_moco_state(path: &Path, momentum: VisionTower) -> Result<(VisionTower, Q
 /// query view goes through the trained encoder (cross-entropy on the batch's clean samples
 /// and the contrastive query), the key view through the momentum encoder, a copy of
 /// `model.vision` as given, on `key_device` (no autodiff), updated by EMA after every step.
-/// [decision] The cross-entropy uses the query view (MoCo v2 augmentation) rather than a
+/// \[decision\] The cross-entropy uses the query view (MoCo v2 augmentation) rather than a
 /// third, crop-and-flip view: one forward pass of the trained encoder per step.
 #[allow(clippy::too_many_arguments)]
 pub fn moco_finetune(

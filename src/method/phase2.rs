@@ -18,7 +18,7 @@ use crate::infer::ImageEmbeddings;
 use crate::train::stage::StageDir;
 use crate::train::TrainError;
 
-/// How the linear head starts. [decision] METHOD.md: from the positive-prompt class
+/// How the linear head starts. \[decision\] METHOD.md: from the positive-prompt class
 /// embeddings times 1/tau, so training starts at the prompt-tuned classifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
