@@ -267,9 +267,15 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The middle value; the mean of the two middle ones for an even count (`--rounds 2`).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let h = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[h - 1] + v[h]) / 2.0
+    } else {
+        v[h]
+    }
 }
 
 /// One row's figures over several rounds: median speed, peak memory over all of them.
@@ -595,15 +601,15 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
             }
         }
     }
-    times.sort_by(f64::total_cmp);
-    let med = times[times.len() / 2];
+    let iters = times.len();
+    let med = median(times);
     println!(
         "{}",
         serde_json::json!({
             "img_per_s": step.items(b) as f64 / med,
             "step_s": med,
             "peak_rss_mib": super::bench::peak_rss_mib(),
-            "iters": times.len(),
+            "iters": iters,
         })
     );
     Ok(())
@@ -662,5 +668,6 @@ mod tests {
         assert_eq!(c.peak_gpu_mib, Some(7.0));
         assert_eq!(combine(&[m(4.0, 1.0, None)]).peak_gpu_mib, None);
         assert_eq!(median(vec![3.0, 1.0, 2.0, 5.0, 4.0]), 3.0);
+        assert_eq!(median(vec![0.9, 1.1]), 1.0);
     }
 }
