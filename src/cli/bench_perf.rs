@@ -280,11 +280,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One row's figures over several rounds: median speed, peak memory over all of them.
 fn combine(runs: &[Measured]) -> Measured {
-    let peak = |f: &dyn Fn(&Measured) -> Option<f64>| {
-        runs.iter()
-            .filter_map(f)
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
-    };
+    let peak = |f: &dyn Fn(&Measured) -> Option<f64>| runs.iter().filter_map(f).reduce(f64::max);
     Measured {
         img_per_s: median(runs.iter().map(|m| m.img_per_s).collect()),
         step_s: median(runs.iter().map(|m| m.step_s).collect()),
