@@ -112,7 +112,7 @@ fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
     let mut starts = Vec::new();
     for round in 1..=3 {
         for m in 0..2 {
-            let dir = coft::method::pipeline::phase1_dir(&run, round, m + 1);
+            let dir = coft::method::layout::RunLayout::new(&run).phase1_model(round, m + 1);
             let ckpt = dir.join("model.e1.safetensors");
             let fresh = || PromptLearner::init(&clip, 4, &cfg.prompts, 0, &device);
             let trained = coft::train::load_module(&ckpt, fresh()).unwrap();

@@ -242,6 +242,7 @@ fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
         ds.classes.len(),
         u.samples.len()
     );
+    say!("plan:\n{}", pipeline::Plan::new(&cfg));
     print!("{}", toml::to_string_pretty(&cfg)?);
     Ok(())
 }

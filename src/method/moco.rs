@@ -441,6 +441,7 @@ pub fn moco_finetune(
     let bs = optim.batch_size.max(1);
     let steps_per_epoch = n.div_ceil(bs).max(1);
     let schedule = optim.schedule(steps_per_epoch);
+    let epochs = optim.epochs_for(steps_per_epoch);
     let mut opt = Optimizer::new(optim.optimizer);
     // The momentum encoder starts as the initial encoder (before any restore).
     let momentum = model.vision.valid().to_device(key_device);
@@ -452,7 +453,7 @@ pub fn moco_finetune(
     };
     let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
     let train_device = env.device.clone();
-    for epoch in done..optim.epochs {
+    for epoch in done..epochs {
         let order = epoch_order(n, seed, epoch as u64);
         let paths = Arc::new(
             order
@@ -535,7 +536,7 @@ pub fn moco_finetune(
             queue.enqueue(&k_host)?;
             (env.progress)(StageProgress {
                 epoch,
-                epochs: optim.epochs,
+                epochs,
                 step_in_epoch: step_in_epoch + 1,
                 steps_per_epoch,
                 loss: lv,
@@ -561,7 +562,7 @@ pub fn moco_finetune(
         }))?;
         (env.progress)(StageProgress {
             epoch,
-            epochs: optim.epochs,
+            epochs,
             step_in_epoch: steps_per_epoch,
             steps_per_epoch,
             loss: mean_loss,

@@ -5,6 +5,7 @@
 //! with the old one (visit order, module paths), never by per-process ids.
 
 pub mod checkpoint;
+pub mod epochs;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;

@@ -1,0 +1,305 @@
+//! The options of a run ([`TrainConfig`], saved as `config.toml`) and their checks. What a
+//! method does with them is decided once, in [`super::plan::Plan`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::phase1::OptimConfig;
+use super::phase2::{HeadInit, Phase2Config};
+use super::prompts::PromptConfig;
+use crate::data::source::{DataSpec, Source};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// METHOD.md's CoFT: two models, dual prompts, collaborative filtering, full fine-tuning.
+    Coft,
+    /// CoFT+: `rounds` of Phase I re-selecting top-K from the previous round, MoCo in
+    /// Phase II, and LLM templates when `templates_json` is given.
+    CoftPlus,
+    /// Baseline: the top `self_training_fraction` most confident zero-shot labels per
+    /// class, one full fine-tune, no filtering.
+    SelfTraining,
+    /// Baseline in the manner of UPL: top-K, one model with the positive prompt only
+    /// (lambda = 0), its labels of all of U fine-tuned on without filtering.
+    Upl,
+    /// Ceiling for benchmarks: full fine-tuning on U's true labels (needs labeled data).
+    Oracle,
+}
+
+impl Method {
+    /// Phase I models trained per round.
+    pub fn phase1_models(self) -> usize {
+        match self {
+            Method::Coft | Method::CoftPlus => 2,
+            Method::Upl => 1,
+            Method::SelfTraining | Method::Oracle => 0,
+        }
+    }
+}
+
+/// Every option of a run, with METHOD.md's defaults. Saved as `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub model: String,
+    pub data: String,
+    pub seed: u64,
+    /// Zero-shot templates; empty = the dataset's default templates.
+    pub templates: Vec<String>,
+    pub templates_json: Option<PathBuf>,
+    /// Write class names with spaces for underscores in prompts (CoOp's convention).
+    pub underscores_to_spaces: bool,
+    /// Top-K per class in S* (METHOD.md step 0.3).
+    pub k: usize,
+    /// CoFT+ rounds of Phase I (round 1 from zero-shot labels).
+    pub rounds: usize,
+    /// Share of each class's zero-shot candidates kept by the self-training baseline.
+    pub self_training_fraction: f64,
+    /// Semi-supervised: a CSV of `path,label` (paths relative to the CSV's folder); these
+    /// images always enter S* and the clean sets with their true labels.
+    pub labeled: Option<PathBuf>,
+    /// Distillation: pseudo-label and run Phase I with this (larger) model, and fine-tune
+    /// `model` in Phase II on its filtered labels.
+    pub teacher_model: Option<String>,
+    pub prompts: PromptConfig,
+    /// Weight of L2 in Phase I.
+    pub lambda: f64,
+    pub phase1: OptimConfig,
+    pub phase2: Phase2Config,
+    pub head_init: HeadInit,
+    pub freeze_stem: bool,
+    /// Batch size of inference passes (labelling, evaluation).
+    pub infer_batch_size: usize,
+    /// Lower bound of the random-resized-crop area in training augmentation.
+    pub crop_scale_min: f32,
+    /// Recompute memory-bound activations in backward (burn's balanced checkpointing). At
+    /// ViT-B/16, batch 32 on 2 cores (`coft bench train`): Phase I 7.9 -> 6.2 GiB peak for
+    /// 7% more time per step, Phase II 8.4 -> 5.0 GiB and no slower; hence on by default.
+    pub gradient_checkpointing: bool,
+    /// Fail on unreadable images instead of reporting and skipping them.
+    pub strict: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Coft,
+            model: String::new(),
+            data: String::new(),
+            seed: 1,
+            templates: Vec::new(),
+            templates_json: None,
+            underscores_to_spaces: true,
+            k: 16,
+            rounds: 3,
+            self_training_fraction: 0.5,
+            labeled: None,
+            teacher_model: None,
+            prompts: PromptConfig::default(),
+            lambda: 1.0,
+            phase1: OptimConfig::phase1_default(),
+            phase2: Phase2Config::default(),
+            head_init: HeadInit::Prompts,
+            freeze_stem: false,
+            infer_batch_size: 64,
+            crop_scale_min: 0.5,
+            gradient_checkpointing: true,
+            strict: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Every check that needs no images: each error names the option (`phase1.lr: ...`).
+    /// The checks that need the data's size are in [`check_pool`].
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.model.is_empty() {
+            bail!("model: missing (a checkpoint folder, file or hub id)");
+        }
+        if self.data.is_empty() {
+            bail!("data: missing (a data spec)");
+        }
+        let spec: DataSpec = self
+            .data
+            .parse()
+            .map_err(|e| anyhow::anyhow!("data: {e}"))?;
+        let classes_file = match &spec.source {
+            Source::Folder { classes, .. } | Source::Csv { classes, .. } => classes.clone(),
+            Source::Unlabeled { classes, .. } => Some(classes.clone()),
+            _ => None,
+        };
+        if let Some(classes) = classes_file {
+            if !classes.is_file() {
+                bail!(
+                    "data: the classes file {} does not exist",
+                    classes.display()
+                );
+            }
+        }
+        if let Some(t) = &self.templates_json {
+            if !t.is_file() {
+                bail!("templates_json: {} does not exist", t.display());
+            }
+        }
+        if self.templates.iter().any(|t| t.trim().is_empty()) {
+            bail!("templates: an empty template");
+        }
+        if self.k == 0 {
+            bail!("k: must be at least 1");
+        }
+        if self.rounds == 0 {
+            bail!("rounds: must be at least 1");
+        }
+        if !(self.self_training_fraction > 0.0 && self.self_training_fraction <= 1.0) {
+            bail!(
+                "self_training_fraction: must be in (0, 1], got {}",
+                self.self_training_fraction
+            );
+        }
+        if let Some(l) = &self.labeled {
+            if !l.is_file() {
+                bail!("labeled: {} is not a file", l.display());
+            }
+        }
+        self.phase2.moco.validate().map_err(anyhow::Error::msg)?;
+        if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+            bail!("lambda: must be >= 0, got {}", self.lambda);
+        }
+        if self.infer_batch_size == 0 {
+            bail!("infer_batch_size: must be at least 1");
+        }
+        for (name, o) in [("phase1", &self.phase1), ("phase2", &*self.phase2)] {
+            if o.lr <= 0.0 || !o.lr.is_finite() {
+                bail!("{name}.lr: must be > 0, got {}", o.lr);
+            }
+            if o.batch_size == 0 {
+                bail!("{name}.batch_size: must be at least 1");
+            }
+            if o.epochs == 0 {
+                bail!("{name}.epochs: must be at least 1");
+            }
+            if o.warmup_epochs > o.epochs {
+                bail!(
+                    "{name}.warmup_epochs: {} is more than the {} epochs",
+                    o.warmup_epochs,
+                    o.epochs
+                );
+            }
+            match o.optimizer {
+                crate::train::OptimizerConfig::Sgd(c) => {
+                    if !(0.0..1.0).contains(&c.momentum) {
+                        bail!(
+                            "{name}.optimizer.momentum: must be in [0, 1), got {}",
+                            c.momentum
+                        );
+                    }
+                    if !(c.weight_decay >= 0.0 && c.weight_decay.is_finite()) {
+                        bail!(
+                            "{name}.optimizer.weight_decay: must be >= 0, got {}",
+                            c.weight_decay
+                        );
+                    }
+                }
+                crate::train::OptimizerConfig::AdamW(c) => {
+                    for (key, v) in [("beta1", c.beta1), ("beta2", c.beta2)] {
+                        if !(0.0..1.0).contains(&v) {
+                            bail!("{name}.optimizer.{key}: must be in [0, 1), got {v}");
+                        }
+                    }
+                    if !(c.eps > 0.0 && c.eps.is_finite()) {
+                        bail!("{name}.optimizer.eps: must be > 0, got {}", c.eps);
+                    }
+                    if !(c.weight_decay >= 0.0 && c.weight_decay.is_finite()) {
+                        bail!(
+                            "{name}.optimizer.weight_decay: must be >= 0, got {}",
+                            c.weight_decay
+                        );
+                    }
+                }
+            }
+        }
+        crate::data::augment::crop_flip(224, self.crop_scale_min)
+            .map_err(|e| anyhow::anyhow!("crop_scale_min: {}", e.0))?;
+        if self.prompts.n_ctx == 0 {
+            bail!("prompts.n_ctx: must be at least 1");
+        }
+        if !(self.prompts.init_std > 0.0 && self.prompts.init_std.is_finite()) {
+            bail!(
+                "prompts.init_std: must be > 0, got {}",
+                self.prompts.init_std
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether Phase II uses momentum contrast: as set, else on for CoFT+ only.
+    pub fn moco_enabled(&self) -> bool {
+        self.phase2
+            .moco
+            .enabled
+            .unwrap_or(self.method == Method::CoftPlus)
+    }
+
+    /// Phase I rounds this method runs.
+    pub fn phase1_rounds(&self) -> usize {
+        if self.method == Method::CoftPlus {
+            self.rounds
+        } else {
+            1
+        }
+    }
+
+    /// The model that pseudo-labels and runs Phase I (the teacher when distilling).
+    pub fn phase1_model(&self) -> &str {
+        self.teacher_model.as_deref().unwrap_or(&self.model)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = toml::to_string_pretty(self).context("serialising the config")?;
+        crate::util::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+    }
+}
+
+/// The checks that need the data: at least 2 classes, 2 images per class in the pool `U`,
+/// and K no larger than the pool (an error naming `k`).
+pub fn check_pool(cfg: &TrainConfig, pool: usize, classes: usize) -> anyhow::Result<()> {
+    let c = classes;
+    if c < 2 {
+        bail!(
+            "{}: the method needs at least 2 classes, found {c}",
+            cfg.data
+        );
+    }
+    if pool < 2 * c {
+        bail!(
+            "{}: {pool} images for {c} classes is too few for the method (need at least 2 per class)",
+            cfg.data,
+        );
+    }
+    if cfg.k > pool {
+        bail!(
+            "k: K = {} images per class is more than the whole pool ({pool} images in {})",
+            cfg.k,
+            cfg.data
+        );
+    }
+    if cfg.k * c > pool {
+        tracing::warn!(
+            "k: K = {} for {c} classes asks for {} images, more than the pool's {pool}; every class keeps what it has",
+            cfg.k,
+            cfg.k * c
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! What a method does, decided once from the resolved config. Every difference between
+//! CoFT, CoFT+ and the baselines lives here, so the pipeline reads the same for all of them
+//! and `coft train --dry-run` can print what a run will do before it does it.
+
+use std::fmt;
+
+use super::config::{Method, TrainConfig};
+
+/// How step 0 picks the set Phase I trains on (or, for self-training, the set it fine-tunes on).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step0Selection {
+    /// METHOD.md step 0.3: the K most confident images of each class.
+    TopK(usize),
+    /// Self-training: the most confident share of each class's own candidates.
+    TopFraction(f64),
+}
+
+/// Which labels of U each Phase II fine-tune trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetRule {
+    /// METHOD.md Phase II step 1: each model labels U and the other keeps or rejects each
+    /// label (two sets, two fine-tunes).
+    CollaborativeFilter,
+    /// UPL-style: the one model's labels of all of U, unfiltered.
+    AllLabels,
+    /// Self-training: step 0's selection.
+    Step0Selected,
+    /// Oracle: U's true labels.
+    TrueLabels,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub method: Method,
+    pub selection: Step0Selection,
+    /// Phase I models per round (0: no Phase I).
+    pub models: usize,
+    /// Phase I rounds (CoFT+ re-selects from the previous round's models); 0 without Phase I.
+    pub rounds: usize,
+    /// Weight of L2 in Phase I (UPL-style has no negative prompt: 0).
+    pub lambda: f64,
+    pub sets: SetRule,
+    /// Phase II sets, one fine-tune each.
+    pub finetunes: usize,
+    /// Momentum contrast in Phase II (CoFT+).
+    pub moco: bool,
+    /// Distillation: step 0 and Phase I run on this model, Phase II fine-tunes the run's model.
+    pub teacher: Option<String>,
+    /// The heads start at the Phase I models' prompt classifiers (else at the fine-tuned
+    /// model's own zero-shot classifier: baselines without prompts, distillation).
+    pub head_from_prompts: bool,
+}
+
+impl Plan {
+    pub fn new(cfg: &TrainConfig) -> Self {
+        let m = cfg.method;
+        let models = m.phase1_models();
+        let rounds = match (models, m) {
+            (0, _) => 0,
+            (_, Method::CoftPlus) => cfg.rounds,
+            _ => 1,
+        };
+        let (selection, sets) = match m {
+            Method::Coft | Method::CoftPlus => {
+                (Step0Selection::TopK(cfg.k), SetRule::CollaborativeFilter)
+            }
+            Method::Upl => (Step0Selection::TopK(cfg.k), SetRule::AllLabels),
+            Method::SelfTraining => (
+                Step0Selection::TopFraction(cfg.self_training_fraction),
+                SetRule::Step0Selected,
+            ),
+            Method::Oracle => (Step0Selection::TopK(cfg.k), SetRule::TrueLabels),
+        };
+        Self {
+            method: m,
+            selection,
+            models,
+            rounds,
+            lambda: if m == Method::Upl { 0.0 } else { cfg.lambda },
+            sets,
+            finetunes: if sets == SetRule::CollaborativeFilter {
+                2
+            } else {
+                1
+            },
+            moco: cfg.moco_enabled(),
+            teacher: cfg.teacher_model.clone(),
+            head_from_prompts: models > 0 && cfg.teacher_model.is_none(),
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.selection {
+            Step0Selection::TopK(k) => writeln!(
+                f,
+                "step 0: zero-shot pseudo-labels of U, S* = top-{k} per class"
+            )?,
+            Step0Selection::TopFraction(x) => writeln!(
+                f,
+                "step 0: zero-shot pseudo-labels of U, the top {:.0}% of each class",
+                100.0 * x
+            )?,
+        }
+        if let Some(t) = &self.teacher {
+            writeln!(f, "  (step 0 and Phase I with the teacher {t})")?;
+        }
+        if self.models > 0 {
+            writeln!(
+                f,
+                "phase I: {} model(s), {} round(s){}, loss L1{}",
+                self.models,
+                self.rounds,
+                if self.rounds > 1 {
+                    " (each round re-selects top-K per model from the last, fresh prompts)"
+                } else {
+                    ""
+                },
+                if self.lambda > 0.0 {
+                    format!(" + {} * L2", self.lambda)
+                } else {
+                    String::new()
+                }
+            )?;
+        } else {
+            writeln!(f, "phase I: none")?;
+        }
+        let sets = match self.sets {
+            SetRule::CollaborativeFilter => {
+                "each model labels U, the other keeps or rejects each label"
+            }
+            SetRule::AllLabels => "the model's labels of all of U, unfiltered",
+            SetRule::Step0Selected => "step 0's selection",
+            SetRule::TrueLabels => "U's true labels",
+        };
+        writeln!(f, "phase II sets: {sets}")?;
+        write!(
+            f,
+            "phase II: {} full fine-tune(s){}, head from {}",
+            self.finetunes,
+            if self.moco {
+                " with MoCo over all of U"
+            } else {
+                ""
+            },
+            if self.head_from_prompts {
+                "the prompt classifiers"
+            } else {
+                "the zero-shot classifier"
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(method: Method) -> Plan {
+        Plan::new(&TrainConfig {
+            method,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn every_method_in_one_place() {
+        let coft = plan(Method::Coft);
+        assert_eq!((coft.models, coft.rounds, coft.finetunes), (2, 1, 2));
+        assert_eq!(coft.sets, SetRule::CollaborativeFilter);
+        assert!(!coft.moco && coft.lambda == 1.0 && coft.head_from_prompts);
+        let plus = plan(Method::CoftPlus);
+        assert_eq!((plus.models, plus.rounds, plus.finetunes), (2, 3, 2));
+        assert!(plus.moco);
+        let upl = plan(Method::Upl);
+        assert_eq!((upl.models, upl.rounds, upl.finetunes), (1, 1, 1));
+        assert_eq!(upl.lambda, 0.0);
+        let st = plan(Method::SelfTraining);
+        assert_eq!((st.models, st.rounds), (0, 0));
+        assert_eq!(st.selection, Step0Selection::TopFraction(0.5));
+        assert!(!st.head_from_prompts);
+        let oracle = plan(Method::Oracle);
+        assert_eq!(oracle.sets, SetRule::TrueLabels);
+        let teacher = Plan::new(&TrainConfig {
+            teacher_model: Some("big".into()),
+            ..Default::default()
+        });
+        assert!(!teacher.head_from_prompts);
+        assert!(plus.to_string().contains("3 round(s)"));
+    }
+}
