@@ -29,6 +29,9 @@ enum What {
     /// The method benchmark: a CLIP pre-trained here, a shifted CIFAR-10 task, every method
     /// beside zero-shot and the oracle (issue 6's protocol).
     Method(super::bench_method::MethodBenchArgs),
+    /// The method lab: tasks x methods x seeds with `coft init`'s defaults, mean ± sd and
+    /// per-stage diagnostics (collapse, set precision, confidence-matched filter check).
+    Lab(super::bench_lab::LabArgs),
     /// The hot steps (embedding, Phase I, Phase II with MoCo off/on, optimiser updates) at
     /// ViT-B/32 and ViT-B/16 shapes beside PyTorch: images/s, peak memory, ratio.
     Perf(super::bench_perf::PerfArgs),
@@ -124,6 +127,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Decode(d) => decode(d),
         What::Train(t) => super::bench_train::run(t),
         What::Method(m) => super::bench_method::run(m),
+        What::Lab(l) => super::bench_lab::run(l),
         What::Perf(p) => super::bench_perf::run(p),
         What::Worker(w) => worker(w),
         What::DecodeWorker(w) => decode_worker(w),

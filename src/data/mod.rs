@@ -8,3 +8,4 @@ pub mod scan;
 pub mod shared;
 pub mod shift;
 pub mod source;
+pub mod synthetic;

@@ -57,6 +57,8 @@ pub struct TrainConfig {
     pub k: usize,
     /// CoFT+ rounds of Phase I (round 1 from zero-shot labels).
     pub rounds: usize,
+    /// CoFT+: when a round's model replaces the previous round's.
+    pub rounds_guard: RoundsGuard,
     /// Share of each class's zero-shot candidates kept by the self-training baseline.
     pub self_training_fraction: f64,
     /// Semi-supervised: a CSV of `path,label` (paths relative to the CSV's folder); these
@@ -96,6 +98,7 @@ impl Default for TrainConfig {
             underscores_to_spaces: true,
             k: 16,
             rounds: 3,
+            rounds_guard: RoundsGuard::default(),
             self_training_fraction: 0.5,
             labeled: None,
             teacher_model: None,
@@ -109,6 +112,28 @@ impl Default for TrainConfig {
             crop_scale_min: 0.5,
             gradient_checkpointing: true,
             strict: false,
+        }
+    }
+}
+
+/// CoFT+'s guard between Phase I rounds ([`super::pipeline::round_guard`]): a label-free test
+/// of each new model on its own training set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundsGuard {
+    pub enabled: bool,
+    /// Least training accuracy on its own selection (last epoch) a new round's model needs.
+    pub min_fit: f64,
+    /// Most it may fit worse than the previous round's model fitted its own set.
+    pub max_drop: f64,
+}
+
+impl Default for RoundsGuard {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_fit: 0.7,
+            max_drop: 0.15,
         }
     }
 }
@@ -153,6 +178,13 @@ impl TrainConfig {
         }
         if self.rounds == 0 {
             bail!("rounds: must be at least 1");
+        }
+        let g = &self.rounds_guard;
+        if !(0.0..=1.0).contains(&g.min_fit) {
+            bail!("rounds_guard.min_fit: must be in [0, 1], got {}", g.min_fit);
+        }
+        if !(g.max_drop >= 0.0 && g.max_drop.is_finite()) {
+            bail!("rounds_guard.max_drop: must be >= 0, got {}", g.max_drop);
         }
         if !(self.self_training_fraction > 0.0 && self.self_training_fraction <= 1.0) {
             bail!(

@@ -118,6 +118,13 @@ pub fn preset(model: &str, data: &str) -> (TrainConfig, Vec<String>) {
     // Small text towers (models pre-trained here) cannot hold 16 context tokens plus the
     // class name; a quarter of the context leaves room for it.
     let config = Path::new(model).join("config.json");
+    let clip = ClipConfig::from_hf_file(&config).ok().or_else(|| {
+        let rest = model.strip_prefix("random:")?;
+        ClipConfig::preset(rest.split(':').next().unwrap_or(rest))
+    });
+    if let Some(clip) = &clip {
+        fit_to_model(&mut cfg, clip, &mut notes);
+    }
     if let Ok(clip) = ClipConfig::from_hf_file(&config) {
         let ctx = clip.text.context_length;
         if ctx < 64 {
@@ -146,6 +153,38 @@ pub fn preset(model: &str, data: &str) -> (TrainConfig, Vec<String>) {
     (cfg, notes)
 }
 
+/// Options that follow the model's size, for models smaller than the ViT-B the paper's values
+/// were tuned on (docs/method.md has the lab tables behind each rule):
+/// - visual prompts: at most a quarter of the image's patches when it has fewer than 40
+///   (20 deep prompt tokens beside 16 patches drown the image; ViT-B/32's 49 keep 20);
+/// - Phase II's learning rate: METHOD.md's 5e-4 at width 768, scaled by sqrt(768 / width)
+///   for narrower encoders (the same step moves a narrow network's weights less; the demo's
+///   hand-tuned 2e-3 at width 32 is close to this rule's 2.4e-3).
+pub fn fit_to_model(cfg: &mut TrainConfig, clip: &ClipConfig, notes: &mut Vec<String>) {
+    let v = &clip.vision;
+    let patches = (v.image_size / v.patch_size.max(1)).pow(2);
+    if patches < 40 {
+        let n = (patches / 4).clamp(1, cfg.prompts.vpt_tokens.max(1));
+        if n != cfg.prompts.vpt_tokens {
+            notes.push(format!(
+                "{patches} image patches: prompts.vpt_tokens {} -> {n} (a quarter of the patches)",
+                cfg.prompts.vpt_tokens
+            ));
+            cfg.prompts.vpt_tokens = n;
+        }
+    }
+    let width = v.hidden_size;
+    if width < 768 {
+        let lr = cfg.phase2.lr * (768.0 / width as f64).sqrt();
+        let lr = (lr * 1e5).round() / 1e5;
+        notes.push(format!(
+            "vision width {width}: phase2.lr {} -> {lr} (sqrt(768 / width) scaling)",
+            cfg.phase2.lr
+        ));
+        cfg.phase2.lr = lr;
+    }
+}
+
 /// What each option does, in the order the file lists them (dotted keys; a key whose
 /// value is absent is written commented out with the example after `|`).
 pub const OPTION_DOCS: &[(&str, &str)] = &[
@@ -168,6 +207,10 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("crop_scale_min", "Lower bound of the random-resized-crop area in training augmentation (crop scale min..1, plus flip)."),
     ("gradient_checkpointing", "Recompute memory-bound activations in backward: much less memory for a few % more time; results unchanged."),
     ("strict", "Fail on unreadable images instead of reporting and skipping them."),
+    ("rounds_guard", "CoFT+ only: a round's model replaces the previous round's only if it fits its own selection well (label-free: last-epoch training accuracy on its pseudo-labels); else the previous model carries on and phase1/round<r>/m<m>/REPLACED says why."),
+    ("rounds_guard.enabled", "On or off."),
+    ("rounds_guard.min_fit", "Least training accuracy (0-1) on its own selection a new round's model needs."),
+    ("rounds_guard.max_drop", "Most (0-1) it may fit worse than the previous round's model fitted its own."),
     ("prompts", "Phase I prompts (METHOD.md step 1)."),
     ("prompts.n_ctx", "M: learnable context tokens of each positive and negative text prompt."),
     ("prompts.class_specific", "One context per class instead of one shared by all classes (METHOD.md default: shared)."),

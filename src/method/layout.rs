@@ -8,7 +8,7 @@
 //! stage0/skipped.txt                   images that could not be read
 //! phase1/m1, phase1/m2                 round 1 (CoFT): prompt checkpoints, metrics.jsonl, DONE
 //! phase1/round<r>/s<m>.csv             CoFT+ round r >= 2: model m's selection from round r-1
-//! phase1/round<r>/m<m>                 CoFT+ round r >= 2: model m
+//! phase1/round<r>/m<m>                 CoFT+ round r >= 2: model m (REPLACED: by round r-1's)
 //! phase2/set_<i>.csv, LABELS_DONE      each Phase II set: labels of U and clean flags
 //! phase2/f<i>                          fine-tuned classifiers per epoch, metrics.jsonl, DONE
 //! final/classes.txt, final/f<i>.safetensors   what `predict` loads
@@ -75,6 +75,22 @@ impl RunLayout {
                 .join(format!("round{round}"))
                 .join(format!("m{m}"))
         }
+    }
+
+    /// Written when the round guard replaced model `m` of `round` by its previous round's
+    /// model (why, in words); Phase II and later rounds then use that one.
+    pub fn replaced(&self, round: usize, m: usize) -> PathBuf {
+        self.phase1_model(round, m).join("REPLACED")
+    }
+
+    /// The round whose model `m` a run of `rounds` rounds ends with: the last, unless the
+    /// guard replaced it (then the round it fell back to).
+    pub fn effective_round(&self, rounds: usize, m: usize) -> usize {
+        let mut r = rounds;
+        while r > 1 && self.replaced(r, m).is_file() {
+            r -= 1;
+        }
+        r
     }
 
     /// Model `m`'s selection for round `round >= 2`, made by its round `round - 1` model.

@@ -61,7 +61,12 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
                 1 => pool.s_star.clone(),
                 _ => reselect(&ctx, &pool, round, m, &models[m - 1], hooks)?,
             };
-            next.push(phase1(&ctx, round, m, &set, hooks)?);
+            let model = phase1(&ctx, round, m, &set, hooks)?;
+            // A round never chains a model that failed to fit its own selection.
+            next.push(match round {
+                1 => model,
+                _ => round_guard(&ctx, round, m, model, &models[m - 1])?,
+            });
         }
         models = next;
     }
@@ -449,6 +454,60 @@ pub fn phase1(
     )?)
 }
 
+/// How well Phase I model `m` of `round` fits its own training set: the last epoch's
+/// training accuracy on its pseudo-labels (label-free; under augmentation).
+pub fn phase1_fit(layout: &RunLayout, round: usize, m: usize) -> Option<f64> {
+    let records =
+        crate::train::read_metrics(&layout.phase1_model(round, m).join("metrics.jsonl")).ok()?;
+    records.last()?.get("train_acc")?.as_f64()
+}
+
+/// CoFT+'s guard between rounds: model `m` of `round` replaces the previous round's only if it
+/// fits its own selection at least `rounds_guard.min_fit` and no worse than
+/// `rounds_guard.max_drop` below the previous model's fit of its own; otherwise the previous
+/// model carries on (later rounds re-select from it, Phase II uses it) and the round's folder
+/// says so in `REPLACED`. A collapsed prompt learner fits its set poorly, and one that is kept
+/// poisons every later round's selection.
+pub fn round_guard(
+    ctx: &RunContext<'_>,
+    round: usize,
+    m: usize,
+    model: PromptLearner,
+    previous: &PromptLearner,
+) -> anyhow::Result<PromptLearner> {
+    let g = &ctx.cfg.rounds_guard;
+    let layout = &ctx.layout;
+    let marker = layout.replaced(round, m);
+    let keep_previous = if marker.is_file() {
+        true
+    } else if !g.enabled {
+        false
+    } else {
+        let prev_round = layout.effective_round(round - 1, m);
+        let fit = phase1_fit(layout, round, m).unwrap_or(0.0);
+        let before = phase1_fit(layout, prev_round, m).unwrap_or(0.0);
+        if fit < g.min_fit || fit < before - g.max_drop {
+            let why = format!(
+                "round {round} m{m} fits its own selection at {:.1}% (round {prev_round}: {:.1}%; the guard needs >= {:.0}% and at most {:.0} points below); round {prev_round}'s m{m} carries on\n",
+                100.0 * fit,
+                100.0 * before,
+                100.0 * g.min_fit,
+                100.0 * g.max_drop
+            );
+            tracing::warn!("{}", why.trim_end());
+            crate::util::write_atomic(&marker, why.as_bytes())?;
+            true
+        } else {
+            false
+        }
+    };
+    Ok(if keep_previous {
+        previous.clone()
+    } else {
+        model
+    })
+}
+
 /// Phase II step 1: the sets the fine-tunes train on, `phase2/set_<i>.csv` (labels of U and
 /// clean flags), by the plan's rule.
 pub fn phase2_sets(
@@ -817,7 +876,8 @@ pub fn load_prompt_models(
     let layout = RunLayout::new(run_dir);
     let mut out = Vec::new();
     for m in 1..=plan.models {
-        let stage = StageDir::new(layout.phase1_model(plan.rounds, m))?;
+        let round = layout.effective_round(plan.rounds, m);
+        let stage = StageDir::new(layout.phase1_model(round, m))?;
         let path = stage.final_model_path()?;
         let fresh = PromptLearner::init(clip, classes.len(), &cfg.prompts, 0, device);
         out.push(

@@ -46,8 +46,8 @@ impl OptimConfig {
             epochs: 20,
             batch_size: 32,
             warmup_epochs: 1,
-            clip_grad_norm: None,
-            min_steps: 0,
+            clip_grad_norm: Some(1.0),
+            min_steps: 500,
         }
     }
     pub fn phase2_default() -> Self {
