@@ -77,13 +77,13 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
             kind: ClassKind::Shape,
             classes: 6,
             size: 24,
-            pre_per_class: 60,
+            pre_per_class: 150,
             u_per_class: 150,
             test_per_class: 100,
             shift: Shift {
-                contrast: 0.6,
-                cast: [35, 0, -25],
-                noise: 25,
+                contrast: 0.7,
+                cast: [25, 0, -20],
+                noise: 15,
                 ..Shift::CLEAN
             },
             pretrain: &[
@@ -102,7 +102,7 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
                 "--context-length",
                 "16",
                 "--epochs",
-                "60",
+                "40",
                 "--batch-size",
                 "32",
                 "--lr",
