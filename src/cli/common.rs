@@ -371,13 +371,27 @@ pub fn layered_config<C: serde::Serialize + serde::de::DeserializeOwned + Defaul
     cli: toml::Table,
     sets: &[String],
 ) -> anyhow::Result<C> {
+    let user = file.map(read_toml_table).transpose()?;
+    layered_config_from(user, cli, sets)
+}
+
+/// A TOML file as a table (errors name the file).
+pub fn read_toml_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))
+}
+
+/// [`layered_config`] with the config file already read (and, say, its relative paths
+/// resolved) as `user`.
+pub fn layered_config_from<C: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    user: Option<toml::Table>,
+    cli: toml::Table,
+    sets: &[String],
+) -> anyhow::Result<C> {
     let mut table = toml::Table::try_from(C::default())?;
-    if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let user: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+    if let Some(user) = user {
         merge_toml(&mut table, user);
     }
     merge_toml(&mut table, cli);

@@ -846,6 +846,53 @@ impl FromStr for DataSpec {
     }
 }
 
+impl DataSpec {
+    /// The same spec with every relative path (folder, file, classes file, root) joined to
+    /// `base`: what a spec read from a config file means (relative to the file's folder),
+    /// written so that it means the same from any working directory.
+    pub fn resolved_against(&self, base: &Path) -> DataSpec {
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                let joined = base.join(p);
+                std::path::absolute(&joined).unwrap_or(joined)
+            }
+        };
+        let source = match &self.source {
+            Source::Folder { dir, classes } => Source::Folder {
+                dir: abs(dir),
+                classes: classes.as_deref().map(abs),
+            },
+            Source::Unlabeled { dir, classes } => Source::Unlabeled {
+                dir: abs(dir),
+                classes: abs(classes),
+            },
+            Source::Csv {
+                file,
+                classes,
+                root,
+            } => Source::Csv {
+                file: abs(file),
+                classes: classes.as_deref().map(abs),
+                root: root.as_deref().map(abs),
+            },
+            Source::Benchmark { benchmark, root } => Source::Benchmark {
+                benchmark: *benchmark,
+                root: abs(root),
+            },
+            Source::Cifar10N { root, label } => Source::Cifar10N {
+                root: abs(root),
+                label: *label,
+            },
+        };
+        DataSpec {
+            source,
+            split: self.split,
+        }
+    }
+}
+
 impl fmt::Display for DataSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<(&str, String)> = Vec::new();

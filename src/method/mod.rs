@@ -7,6 +7,7 @@ pub mod moco;
 pub mod phase1;
 pub mod phase2;
 pub mod pipeline;
+pub mod preflight;
 pub mod prompts;
 pub mod pseudo_labels;
 pub mod templates;

@@ -40,10 +40,13 @@ pub enum Method {
     /// METHOD.md's CoFT: two models, dual prompts, collaborative filtering, full fine-tuning.
     Coft,
     /// CoFT+: `rounds` of Phase I re-selecting top-K from the previous round, MoCo in
-    /// Phase II, and LLM templates when `templates_json` is given.
+    /// Phase II, and LLM templates when `templates_json` is given. Spelt `coft+` (as on the
+    /// command line) or `coft_plus`, everywhere.
+    #[serde(rename = "coft+", alias = "coft_plus")]
     CoftPlus,
     /// Baseline: the top `self_training_fraction` most confident zero-shot labels per
-    /// class, one full fine-tune, no filtering.
+    /// class, one full fine-tune, no filtering. Spelt `self-training` or `self_training`.
+    #[serde(rename = "self-training", alias = "self_training")]
     SelfTraining,
     /// Baseline in the manner of UPL: top-K, one model with the positive prompt only
     /// (lambda = 0), its labels of all of U fine-tuned on without filtering.
@@ -486,6 +489,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
     let c = ds.classes.len();
     // Checked before the run folder is created, so a wrong option leaves nothing behind.
     check_pool(cfg, u.samples.len(), c)?;
+    super::preflight::check(cfg, &ds.classes, &hooks.device)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     cfg.save(&run_dir.join("config.toml"))?;
     // U, plus the semi-supervised images that are not already in it.
