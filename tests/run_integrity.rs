@@ -525,3 +525,52 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn eval_matches_classes_by_name_and_writes_one_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = finished_run(dir.path(), "run");
+    let d = dir.path().join("data");
+    let eval = |spec: &str| {
+        coft_in(
+            dir.path(),
+            &["eval", "--run", run.to_str().unwrap(), "--data", spec],
+            &[],
+        )
+    };
+    let o = eval(d.to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sorted = String::from_utf8_lossy(&o.stdout).into_owned();
+    let json: serde_json::Value = serde_json::from_slice(&read(&run.join("eval.json"))).unwrap();
+    assert!(json["units"].as_str().unwrap().contains("percent"));
+    let p = json["S1 clean precision"].as_f64().unwrap();
+    assert!(p > 1.0 && p <= 100.0, "precision in percent: {p}");
+    assert!(json["S1 clean errors caught"].is_number(), "{json}");
+    // The same classes in another order: matched by name, the same table.
+    let mut names: Vec<String> = std::fs::read_to_string(run.join("final/classes.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    names.reverse();
+    let rev = dir.path().join("reversed.txt");
+    std::fs::write(&rev, names.join("\n") + "\n").unwrap();
+    let o = eval(&format!("folder:{}?classes={}", d.display(), rev.display()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), sorted);
+    // Other names: an error saying which and how to fix it.
+    let other = dir.path().join("other");
+    for c in ["a", "b"] {
+        std::fs::create_dir_all(other.join(c)).unwrap();
+        std::fs::copy(
+            fixtures().join("images/img_0.png"),
+            other.join(c).join("0.png"),
+        )
+        .unwrap();
+    }
+    let line = error_line(&eval(other.to_str().unwrap()));
+    assert!(
+        line.contains("not in the data") && line.contains("?classes="),
+        "{line}"
+    );
+}

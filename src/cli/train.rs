@@ -360,6 +360,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         let mut guard = bar.borrow_mut();
         let Some(b) = guard.as_mut() else { return };
         let spe = p.steps_per_epoch.max(1);
+        b.set_unit("steps");
         b.set_total(p.epochs * spe);
         b.set(p.epoch * spe + p.step_in_epoch.min(spe));
         if let Some((loss, acc)) = p.epoch_summary {
@@ -554,7 +555,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             );
             report.insert(format!("{name} size"), q.size.into());
             if let Some(p) = q.precision {
-                report.insert(format!("{name} precision"), p.into());
+                report.insert(format!("{name} precision"), (100.0 * p).into());
+            }
+            if let Some(c) = caught {
+                report.insert(format!("{name} errors caught"), (100.0 * c).into());
             }
         }
     }
@@ -581,9 +585,18 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 f(Some(precision))
             );
             report.insert("given labels size".into(), pairs.len().into());
-            report.insert("given labels noise rate".into(), (1.0 - precision).into());
+            report.insert(
+                "given labels noise rate".into(),
+                (100.0 * (1.0 - precision)).into(),
+            );
         }
     }
+    // One unit for every rate in the file, said in the file itself.
+    report.insert(
+        "units".into(),
+        "accuracies, precisions, errors caught and noise rates in percent (0-100); sizes in images"
+            .into(),
+    );
     let json = serde_json::to_string_pretty(&report)?;
     coft::util::write_atomic(&a.run.join("eval.json"), json.as_bytes())?;
     Ok(())

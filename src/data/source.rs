@@ -156,6 +156,48 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The same images with their labels re-indexed into `classes`, which must hold the
+    /// same names in any order (a run's class order, say). `Err` says which names are in one
+    /// list and not the other.
+    pub fn with_class_order(&self, classes: &[String]) -> Result<Dataset, String> {
+        if self.classes == classes {
+            return Ok(self.clone());
+        }
+        let missing: Vec<&str> = classes
+            .iter()
+            .filter(|c| !self.classes.contains(c))
+            .map(String::as_str)
+            .collect();
+        let extra: Vec<&str> = self
+            .classes
+            .iter()
+            .filter(|c| !classes.contains(c))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() || classes.len() != self.classes.len() {
+            let mut why = Vec::new();
+            if !missing.is_empty() {
+                why.push(format!("not in the data: {}", missing.join(", ")));
+            }
+            if !extra.is_empty() {
+                why.push(format!("not in the list: {}", extra.join(", ")));
+            }
+            return Err(why.join("; "));
+        }
+        let map: Vec<usize> = self
+            .classes
+            .iter()
+            .map(|c| classes.iter().position(|x| x == c).unwrap_or(0))
+            .collect();
+        let mut out = self.clone();
+        out.classes = classes.to_vec();
+        for s in &mut out.samples {
+            s.label = s.label.map(|l| map[l]);
+            s.noisy_label = s.noisy_label.map(|l| map[l]);
+        }
+        Ok(out)
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.samples.len()
