@@ -10,8 +10,8 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the whole context chain, outermost first.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // One line: the whole context chain, outermost first, nothing said twice.
+            eprintln!("error: {}", coft::util::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

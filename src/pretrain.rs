@@ -1252,7 +1252,8 @@ pub fn pretrain(
         metrics.write(&summary)?;
         no_decay.save(&nodecay_path(&stage, epoch + 1))?;
         stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &decay)?;
-        for old in 1..=epoch {
+        // The previous epoch's stays with its checkpoint (the fallback of a damaged one).
+        for old in 1..epoch {
             let _ = std::fs::remove_file(nodecay_path(&stage, old));
         }
         (hooks.progress)(&PretrainEvent::Epoch(summary.clone()));

@@ -3,7 +3,7 @@
 //! CIFAR-10 test images from ../shared/data, 2 + 2 epochs; a few seconds).
 //!
 //! The report is loaded in headless Chromium (Debian package `chromium`, installed by
-//! `.ci/run`): no console message, every plot present, a screenshot kept in
+//! `./test.sh`): no console message, every plot present, a screenshot kept in
 //! `target/test-artifacts/report.png`.
 
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ fn chromium() -> PathBuf {
     }
     panic!(
         "headless Chromium is needed to test the HTML report and was not found on PATH \
-         (install it: `apt-get install -y chromium`, as .ci/run does, or set COFT_CHROMIUM)"
+         (run `./test.sh`, which installs it, or `apt-get install -y chromium`, or set COFT_CHROMIUM)"
     );
 }
 

@@ -514,6 +514,56 @@ fn csv_manifest_with_names_indices_and_missing_files() {
 }
 
 #[test]
+fn csv_manifest_headers_of_any_name_are_not_data() {
+    let tmp = TempDir::new().unwrap();
+    let r = tmp.path();
+    touch(&r.join("a.jpg"));
+    touch(&r.join("b.png"));
+    for header in [
+        "file,cls",
+        "filename,class",
+        "Image,Category",
+        "path,label",
+        "x,y",
+    ] {
+        write(
+            &r.join("m.csv"),
+            &format!("{header}\na.jpg,cat\nb.png,dog\n"),
+        );
+        let ds = load(&format!("csv:{}", r.join("m.csv").display()));
+        assert_eq!(ds.classes, ["cat", "dog"], "header {header:?}");
+        assert_eq!(ds.samples.len(), 2, "header {header:?}");
+    }
+    // No header: the first row is an image.
+    write(&r.join("m.csv"), "a.jpg,cat\nb.png,dog\n");
+    assert_eq!(
+        load(&format!("csv:{}", r.join("m.csv").display()))
+            .samples
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn classes_file_byte_order_mark_is_not_part_of_a_name() {
+    let tmp = TempDir::new().unwrap();
+    let r = tmp.path();
+    touch(&r.join("u/a.jpg"));
+    std::fs::write(r.join("classes.txt"), "\u{feff}red\r\ngreen\r\n").unwrap();
+    let ds = load(&format!(
+        "unlabeled:{}?classes={}",
+        r.join("u").display(),
+        r.join("classes.txt").display()
+    ));
+    assert_eq!(ds.classes, ["red", "green"]);
+    // The run's own reader (final/classes.txt, --classes) follows the same rules.
+    assert_eq!(
+        coft::method::zero_shot::read_classes(&r.join("classes.txt")).unwrap(),
+        ["red", "green"]
+    );
+}
+
+#[test]
 fn csv_errors() {
     let tmp = TempDir::new().unwrap();
     let r = tmp.path();

@@ -284,7 +284,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
                     let p = obj
                         .get(&format!("{set} precision"))
                         .and_then(|p| p.as_f64())
-                        .map_or("-".into(), |p| format!("{:.1}%", 100.0 * p));
+                        .map_or("-".into(), |p| format!("{p:.1}%")); // eval.json: percent
                     detail.push(format!("{set}: {v} @ {p}"));
                 }
             }

@@ -99,23 +99,37 @@ pub struct Progress {
     silent: bool,
     label: String,
     total: u64,
+    /// What is counted ("images", "steps"), named in every line.
+    unit: &'static str,
     start: Instant,
     last: Instant,
+    /// The count of the last plain line, so that no line is printed twice.
+    printed: Option<u64>,
 }
 
 impl Progress {
+    /// A progress display counting `total` images (see [`Progress::set_unit`]).
     pub fn new(label: &str, total: usize) -> Self {
         let silent = quiet();
         let bar = (!silent && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+                    "{prefix} [{bar:30}] {pos}/{len} {msg}, {rate} ETA {eta}",
                 )
+                .map(|s| {
+                    s.with_key(
+                        "rate",
+                        |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}/s", st.per_sec());
+                        },
+                    )
+                })
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
             bar.set_prefix(label.to_string());
+            bar.set_message("images");
             bar
         });
         let now = Instant::now();
@@ -124,8 +138,20 @@ impl Progress {
             silent,
             label: label.into(),
             total: total as u64,
+            unit: "images",
             start: now,
             last: now,
+            printed: None,
+        }
+    }
+
+    /// Name what the counts count (default "images").
+    pub fn set_unit(&mut self, unit: &'static str) {
+        if self.unit != unit {
+            self.unit = unit;
+            if let Some(bar) = &self.bar {
+                bar.set_message(unit);
+            }
         }
     }
 
@@ -135,11 +161,12 @@ impl Progress {
             bar.set_position(done);
             return;
         }
-        if self.silent {
+        if self.silent || self.printed == Some(done) {
             return;
         }
         if self.last.elapsed() >= Duration::from_secs(5) || done == self.total {
             self.last = Instant::now();
+            self.printed = Some(done);
             let el = self.start.elapsed().as_secs_f64();
             let eta = if done > 0 {
                 el / done as f64 * (self.total - done.min(self.total)) as f64
@@ -147,8 +174,8 @@ impl Progress {
                 0.0
             };
             eprintln!(
-                "{}: {done}/{} ({:.0}s elapsed, ETA {eta:.0}s)",
-                self.label, self.total, el
+                "{}: {done}/{} {} ({:.0}s elapsed, ETA {eta:.0}s)",
+                self.label, self.total, self.unit, el
             );
         }
     }
@@ -371,13 +398,27 @@ pub fn layered_config<C: serde::Serialize + serde::de::DeserializeOwned + Defaul
     cli: toml::Table,
     sets: &[String],
 ) -> anyhow::Result<C> {
+    let user = file.map(read_toml_table).transpose()?;
+    layered_config_from(user, cli, sets)
+}
+
+/// A TOML file as a table (errors name the file).
+pub fn read_toml_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))
+}
+
+/// [`layered_config`] with the config file already read (and, say, its relative paths
+/// resolved) as `user`.
+pub fn layered_config_from<C: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    user: Option<toml::Table>,
+    cli: toml::Table,
+    sets: &[String],
+) -> anyhow::Result<C> {
     let mut table = toml::Table::try_from(C::default())?;
-    if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let user: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+    if let Some(user) = user {
         merge_toml(&mut table, user);
     }
     merge_toml(&mut table, cli);

@@ -23,6 +23,7 @@ mod init;
 mod predict;
 mod pretrain;
 mod report;
+mod run_dir;
 mod templates;
 mod train;
 mod zero_shot;
@@ -59,11 +60,45 @@ fn init_logging(quiet: bool, verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,coft={level}")));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(verbose > 0)
-        .without_time()
+        .event_format(PlainLines {
+            target: verbose > 0,
+        })
         .with_env_filter(filter)
         .try_init();
+}
+
+/// Log lines as the rest of coft's output reads: `warning: ...`, `error: ...`, a bare
+/// line for info (no padded level, no leading space), `debug:` / `trace:` with `-v`.
+struct PlainLines {
+    target: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let prefix = match *meta.level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "{prefix}")?;
+        if self.target {
+            write!(writer, "{}: ", meta.target())?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 #[derive(Subcommand)]

@@ -141,9 +141,10 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --run RUN or --model DIR"),
     }
     .with_batch_size(a.opts.batch_size);
-    let total = inputs.paths.len() * clf.num_models();
-    let mut progress = Progress::new("predict", total);
-    let preds = clf.predict_paths(inputs.paths.clone(), &mut |d| progress.set(d));
+    // Counted in images: each model reads every image, so the passes are averaged.
+    let (total, models) = (inputs.paths.len(), clf.num_models().max(1));
+    let mut progress = Progress::new(&format!("predict ({models} models)"), total);
+    let preds = clf.predict_paths(inputs.paths.clone(), &mut |d| progress.set(d / models));
     progress.finish();
     common::check_skipped(&preds.skipped, a.opts.strict)?;
     if preds.kept.is_empty() {

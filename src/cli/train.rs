@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 use coft::method::pipeline::{self, Hooks, TrainConfig};
 
-use super::common::{self, Progress, RunOpts};
+use super::common::{self, DeviceKind, Progress, RunOpts};
+use super::run_dir;
 
 #[derive(ClapArgs, Debug)]
 pub struct TrainArgs {
@@ -46,21 +47,78 @@ pub struct TrainArgs {
     /// ensembled with the templates in the zero-shot step.
     #[arg(long, value_name = "FILE")]
     templates_json: Option<PathBuf>,
-    /// Continue an interrupted run from its last completed stage or epoch.
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "data", "out", "config", "templates_json"])]
+    /// Continue an interrupted run from its last completed stage or epoch, exactly as it was
+    /// configured: only --threads, --device (and --devices) may be given with it.
+    #[arg(long, value_name = "RUN")]
     resume: Option<PathBuf>,
     /// Resolve and check the configuration and the data (classes, pool size against K), print
     /// the resolved config and stop: nothing is written.
     #[arg(long, conflicts_with = "resume")]
     dry_run: bool,
-    #[command(flatten)]
-    run: RunOpts,
+    /// Images per forward pass of the inference passes (labelling U, evaluation): the
+    /// config's `infer_batch_size`. Training batches are `phase1.batch_size` and
+    /// `phase2.batch_size` (`--set`).
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Worker threads for decoding and CPU compute (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Fail on any unreadable image instead of reporting and skipping it (`strict`).
+    #[arg(long)]
+    strict: bool,
     /// Data-parallel Phase II fine-tuning over several devices, e.g. `cuda:0,cuda:1` (each
     /// batch split across them, gradients averaged); overrides --device. `cpu,cpu` runs two
     /// replicas on the CPU (for testing).
     #[cfg(feature = "multi-device")]
     #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
     devices: Vec<String>,
+}
+
+/// The method spellings, as the command line and `config.toml` both accept them.
+fn method_value(m: &str) -> String {
+    m.trim().to_string()
+}
+
+/// Relative paths among a run's options (`model` when it names an existing file or folder,
+/// `teacher_model` likewise, every path of the `data` spec, `templates_json`, `labeled`)
+/// joined to `base`; hub ids, `random:` presets and absolute paths are left as they are.
+fn resolve_paths(table: &mut toml::Table, base: &std::path::Path) {
+    let abs = |p: &str| -> Option<String> {
+        let path = std::path::Path::new(p);
+        if path.is_absolute() {
+            return None;
+        }
+        let joined = base.join(path);
+        Some(
+            std::path::absolute(&joined)
+                .unwrap_or(joined)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    for key in ["model", "teacher_model"] {
+        if let Some(toml::Value::String(m)) = table.get_mut(key) {
+            if !m.starts_with("random:") && base.join(m.as_str()).exists() {
+                if let Some(a) = abs(m) {
+                    *m = a;
+                }
+            }
+        }
+    }
+    for key in ["templates_json", "labeled"] {
+        if let Some(toml::Value::String(p)) = table.get_mut(key) {
+            if let Some(a) = abs(p) {
+                *p = a;
+            }
+        }
+    }
+    if let Some(toml::Value::String(d)) = table.get_mut("data") {
+        if let Ok(spec) = d.parse::<coft::data::source::DataSpec>() {
+            *d = spec.resolved_against(base).to_string();
+        }
+    }
 }
 
 pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
@@ -78,23 +136,22 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         cli.insert("k".into(), (k as i64).into());
     }
     if let Some(m) = &a.method {
-        cli.insert(
-            "method".into(),
-            m.replace('+', "_plus").replace('-', "_").into(),
-        );
+        cli.insert("method".into(), method_value(m).into());
     }
     if let Some(r) = a.rounds {
         cli.insert("rounds".into(), (r as i64).into());
     }
     if let Some(l) = &a.labeled {
-        let abs = std::path::absolute(l).with_context(|| format!("--labeled {}", l.display()))?;
-        cli.insert("labeled".into(), abs.to_string_lossy().into_owned().into());
+        cli.insert("labeled".into(), l.to_string_lossy().into_owned().into());
     }
     if let Some(t) = &a.teacher_model {
         cli.insert("teacher_model".into(), t.clone().into());
     }
-    if a.run.strict {
+    if a.strict {
         cli.insert("strict".into(), true.into());
+    }
+    if let Some(b) = a.batch_size {
+        cli.insert("infer_batch_size".into(), (b as i64).into());
     }
     if let Some(t) = &a.templates_json {
         cli.insert(
@@ -102,26 +159,135 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
             t.to_string_lossy().into_owned().into(),
         );
     }
-    let mut cfg: TrainConfig = common::layered_config(a.config.as_deref(), cli, &a.sets)?;
-    cfg.validate().context("config")?;
-    // Absolute, so that `--resume` and `eval` from another folder find the same file.
-    if let Some(t) = &cfg.templates_json {
-        let abs =
-            std::path::absolute(t).with_context(|| format!("templates_json: {}", t.display()))?;
-        if !abs.is_file() {
-            bail!("templates_json: {}: no such file", abs.display());
+    // A config file's relative paths mean the file's folder; the flags' and `--set`'s mean
+    // the working directory. All are stored absolute, so the run resumes from anywhere.
+    let user = match &a.config {
+        Some(path) => {
+            let mut table = common::read_toml_table(path)?;
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            resolve_paths(&mut table, dir.unwrap_or(std::path::Path::new(".")));
+            Some(table)
         }
-        cfg.templates_json = Some(abs);
+        None => None,
+    };
+    let mut cfg: TrainConfig = common::layered_config_from(user, cli, &a.sets)?;
+    let cwd = std::env::current_dir().context("the working directory")?;
+    let mut resolved = toml::Table::try_from(&cfg)?;
+    resolve_paths(&mut resolved, &cwd);
+    cfg = resolved.try_into().context("config")?;
+    cfg.validate().context("config")?;
+    // config.toml says what the run does: MoCo on or off, not "by method".
+    cfg.phase2.moco.enabled = Some(cfg.moco_enabled());
+    Ok(cfg)
+}
+
+/// The options `--resume` refuses: every one that would change what the run computes. A run
+/// resumes exactly as `config.toml` describes it; only where it runs may change.
+fn resume_refuses(a: &TrainArgs) -> Vec<&'static str> {
+    let mut given = Vec::new();
+    let mut flag = |on: bool, name: &'static str| {
+        if on {
+            given.push(name);
+        }
+    };
+    flag(a.method.is_some(), "--method");
+    flag(a.rounds.is_some(), "--rounds");
+    flag(a.labeled.is_some(), "--labeled");
+    flag(a.teacher_model.is_some(), "--teacher-model");
+    flag(a.model.is_some(), "--model");
+    flag(a.data.is_some(), "--data");
+    flag(a.out.is_some(), "--out");
+    flag(a.config.is_some(), "--config");
+    flag(!a.sets.is_empty(), "--set");
+    flag(a.seed.is_some(), "--seed");
+    flag(a.k.is_some(), "--k");
+    flag(a.templates_json.is_some(), "--templates-json");
+    flag(a.batch_size.is_some(), "--batch-size");
+    flag(a.strict, "--strict");
+    flag(a.dry_run, "--dry-run");
+    given
+}
+
+/// What a run records beside `config.toml` when it starts: the configuration as first
+/// written (so a later edit of `config.toml` is caught on resume instead of applying in
+/// part), the coft version and the start time.
+const RUN_RECORD: &str = "run.json";
+
+fn write_run_record(dir: &std::path::Path, cfg: &TrainConfig) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let doc = serde_json::json!({
+        "config": toml::to_string_pretty(cfg)?,
+        "coft_version": env!("CARGO_PKG_VERSION"),
+        "started_unix": started,
+    });
+    let path = dir.join(RUN_RECORD);
+    coft::util::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Dotted keys whose values differ between two configurations.
+fn changed_keys(a: &toml::Table, b: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let name = format!("{prefix}{k}");
+        match (a.get(k), b.get(k)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                changed_keys(x, y, &format!("{name}."), out)
+            }
+            (x, y) if x != y => out.push(name),
+            _ => {}
+        }
+    }
+}
+
+/// The run's configuration for `--resume`: `config.toml`, which must still say what the run
+/// started with (`run.json`; runs from before it was written are taken as they are).
+fn load_for_resume(dir: &std::path::Path) -> anyhow::Result<TrainConfig> {
+    let path = dir.join("config.toml");
+    let cfg = TrainConfig::load(&path).context("resuming")?;
+    cfg.validate()
+        .with_context(|| format!("resuming: {}", path.display()))?;
+    let record = dir.join(RUN_RECORD);
+    if let Ok(bytes) = std::fs::read(&record) {
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not valid JSON", record.display()))?;
+        let first = doc["config"].as_str().unwrap_or("");
+        let first: TrainConfig = toml::from_str(first)
+            .with_context(|| format!("{}: invalid config", record.display()))?;
+        if first != cfg {
+            let mut keys = Vec::new();
+            changed_keys(
+                &toml::Table::try_from(&first)?,
+                &toml::Table::try_from(&cfg)?,
+                "",
+                &mut keys,
+            );
+            bail!(
+                "{}: edited since the run started ({}); a run resumes exactly as it was \
+                 configured: restore the file, or start a new run with --out",
+                path.display(),
+                keys.join(", ")
+            );
+        }
     }
     Ok(cfg)
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
-    if a.dry_run {
+    if a.dry_run && a.resume.is_none() {
         return dry_run(&a);
     }
     #[allow(unused_mut)]
-    let mut device = a.run.setup()?;
+    let mut device = RunOpts {
+        batch_size: a.batch_size.unwrap_or(32),
+        threads: a.threads,
+        device: a.device,
+        strict: a.strict,
+    }
+    .setup()?;
     #[allow(unused_mut)]
     let mut replicas: Vec<burn::tensor::Device> = Vec::new();
     #[cfg(feature = "multi-device")]
@@ -131,12 +297,45 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(first) = replicas.first() {
         device = first.clone();
     }
-    let (cfg, run_dir) = common::new_or_resume(
-        a.resume.as_deref(),
-        a.out.as_deref(),
-        TrainConfig::load,
-        || resolve_config(&a),
-    )?;
+    let (cfg, run) = match &a.resume {
+        Some(dir) => {
+            let refused = resume_refuses(&a);
+            if !refused.is_empty() {
+                bail!(
+                    "--resume continues a run exactly as configured and takes only --threads, \
+                     --device{}; not {} (start a new run with --out to change them)",
+                    if cfg!(feature = "multi-device") {
+                        ", --devices"
+                    } else {
+                        ""
+                    },
+                    refused.join(", ")
+                );
+            }
+            let run = run_dir::RunDir::resume(dir)?;
+            let cfg = load_for_resume(dir)?;
+            say!("resuming {}", dir.display());
+            (cfg, run)
+        }
+        None => {
+            let out = a
+                .out
+                .as_deref()
+                .context("--out is required (or --resume a run)")?;
+            if out.join("config.toml").exists() {
+                bail!(
+                    "{}: already holds a run; use --resume {} to continue it",
+                    out.display(),
+                    out.display()
+                );
+            }
+            let cfg = resolve_config(&a)?;
+            let run = run_dir::RunDir::create(out)?;
+            write_run_record(&run.dir, &cfg)?;
+            (cfg, run)
+        }
+    };
+    let run_dir = run.dir.clone();
     let bar: std::cell::RefCell<Option<Progress>> = std::cell::RefCell::new(None);
     // Wall time per stage, kept in the run directory (appended to on resume).
     let stages: std::cell::RefCell<Vec<(String, std::time::Instant)>> = Default::default();
@@ -161,6 +360,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         let mut guard = bar.borrow_mut();
         let Some(b) = guard.as_mut() else { return };
         let spe = p.steps_per_epoch.max(1);
+        b.set_unit("steps");
         b.set_total(p.epochs * spe);
         b.set(p.epoch * spe + p.step_in_epoch.min(spe));
         if let Some((loss, acc)) = p.epoch_summary {
@@ -191,11 +391,23 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(p) = bar.borrow_mut().take() {
         p.finish();
     }
-    // Only for a run that started (a config error leaves no folder behind).
-    if run_dir.join("config.toml").is_file() {
-        write_timings(&run_dir, &stages.borrow())?;
+    if !run.started() {
+        // Failed before writing anything of its own (a check): nothing is left behind, so
+        // the corrected command runs as a new run.
+        let _ = std::fs::remove_file(run_dir.join(RUN_RECORD));
+        run.abandon();
+        return result;
+    }
+    // The run's own error comes first; a failure to record timings (the same full disk)
+    // must not replace it.
+    if let Err(e) = write_timings(&run_dir, &stages.borrow()) {
+        match &result {
+            Ok(()) => return Err(e),
+            Err(_) => eprintln!("warning: {}", coft::util::error_line(e.as_ref())),
+        }
     }
     result?;
+    drop(run);
     say!("run finished: {}", run_dir.display());
     Ok(())
 }
@@ -237,6 +449,10 @@ fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading data {}", cfg.data))?;
     let (u, _) = pipeline::split_data(&ds);
     pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
+    // The same checks a run makes before it writes anything (models loaded, templates,
+    // labeled file, context length).
+    let device = common::device(a.device)?;
+    coft::method::preflight::check(&cfg, &ds.classes, &device)?;
     say!(
         "ok: {} classes, {} images in the pool",
         ds.classes.len(),
@@ -340,7 +556,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             );
             report.insert(format!("{name} size"), q.size.into());
             if let Some(p) = q.precision {
-                report.insert(format!("{name} precision"), p.into());
+                report.insert(format!("{name} precision"), (100.0 * p).into());
+            }
+            if let Some(c) = caught {
+                report.insert(format!("{name} errors caught"), (100.0 * c).into());
             }
         }
     }
@@ -367,9 +586,18 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 f(Some(precision))
             );
             report.insert("given labels size".into(), pairs.len().into());
-            report.insert("given labels noise rate".into(), (1.0 - precision).into());
+            report.insert(
+                "given labels noise rate".into(),
+                (100.0 * (1.0 - precision)).into(),
+            );
         }
     }
+    // One unit for every rate in the file, said in the file itself.
+    report.insert(
+        "units".into(),
+        "accuracies, precisions, errors caught and noise rates in percent (0-100); sizes in images"
+            .into(),
+    );
     let json = serde_json::to_string_pretty(&report)?;
     coft::util::write_atomic(&a.run.join("eval.json"), json.as_bytes())?;
     Ok(())

@@ -15,9 +15,12 @@ pub fn fetch(model: &str) -> Result<(Option<PathBuf>, PathBuf), ClipError> {
         return Ok(found);
     }
     if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0") {
-        return Err(err(
-            "not in the local Hugging Face cache and HF_HUB_OFFLINE is set".into(),
-        ));
+        return Err(err(format!(
+            "not in the local Hugging Face cache ({}) and HF_HUB_OFFLINE is set; pre-fill \
+                 the cache on a connected machine (`huggingface-cli download {model}`) or pass \
+                 a local model folder",
+            hub_cache_dir().map_or("?".into(), |p| p.display().to_string())
+        )));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -25,8 +28,17 @@ pub fn fetch(model: &str) -> Result<(Option<PathBuf>, PathBuf), ClipError> {
         .map_err(|e| err(format!("cannot reach the Hugging Face hub: {e}")))?;
     let repo = api.model(model.to_string());
     let weights = repo.get("model.safetensors").map_err(|e| {
+        // The client's error repeats the URL in every layer; its first clause is the cause.
+        let reason = e.to_string();
+        let reason = reason.lines().next().unwrap_or("").trim();
+        let reason = match reason.find(": ") {
+            Some(i) if reason.len() > 120 => &reason[..i],
+            _ => reason,
+        };
         err(format!(
-            "not in the local cache ({}) and the download failed: {e}",
+            "not in the local Hugging Face cache ({}) and could not be downloaded (offline? {reason}); \
+             pre-fill the cache on a connected machine (`huggingface-cli download {model}`, then copy \
+             the cache folder) or pass a local model folder",
             hub_cache_dir().map_or("?".into(), |p| p.display().to_string())
         ))
     })?;

@@ -790,7 +790,13 @@ pub fn load_model(spec: &str, device: &Device) -> Result<(Clip, ModelSource), Cl
         };
         let cfg = match ClipConfig::preset(name) {
             Some(c) => c,
-            None => ClipConfig::from_hf_file(Path::new(name))?,
+            None if Path::new(name).is_file() => ClipConfig::from_hf_file(Path::new(name))?,
+            None => {
+                return Err(ClipError::Config(format!(
+                    "random:{name}: unknown preset `{name}` (expected ViT-B/32, ViT-B/16, \
+                     ViT-L/14, ViT-L/14@336, or a config.json file)"
+                )))
+            }
         };
         let model = build_clip(&cfg, random_hf(&cfg, seed), device)?;
         let src = ModelSource {

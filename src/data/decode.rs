@@ -46,7 +46,8 @@ pub struct DecodeLimits {
     /// pixel format (e.g. RGBA16 = 8 bytes a pixel) plus the decoder's intermediate buffers
     /// (default 2 GiB, enough for any image under `max_pixels` in 8-bit RGBA).
     pub max_alloc: u64,
-    /// Smallest accepted width and height (default 2; 0 is treated as 1).
+    /// Smallest accepted width and height (default 1: every image that decodes is used, as
+    /// the reference implementation resizes any size; 0 is treated as 1).
     pub min_side: u32,
 }
 
@@ -55,7 +56,7 @@ impl Default for DecodeLimits {
         Self {
             max_pixels: PILLOW_MAX_PIXELS,
             max_alloc: 2 << 30,
-            min_side: 2,
+            min_side: 1,
         }
     }
 }

@@ -25,7 +25,10 @@
 //!   deeper inside a class folder. Labels exist, for evaluation only.
 //! - `unlabeled:DIR?classes=FILE`: every image under `DIR` (recursively), no labels; the
 //!   class names come from the classes file, the only thing CLIP needs to know about them.
-//! - `csv:FILE`: rows `path[,label]`, an optional header `path[,label]`. Paths are relative
+//! - `csv:FILE`: rows `path[,label]`, with an optional header row (any names: `path,label`,
+//!   `file,cls`, ...; a first row is a header when its first field is a usual column name
+//!   such as `path`/`file`/`filename`/`image`, or has no image extension and names no
+//!   file). Paths are relative
 //!   to `root=DIR` (default: the CSV's folder) unless absolute. A label is a class name
 //!   or, when `classes=FILE` is given, an integer index into it (a class name wins if both
 //!   match). Without a classes file the classes are the distinct labels, sorted (numerically
@@ -153,6 +156,48 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The same images with their labels re-indexed into `classes`, which must hold the
+    /// same names in any order (a run's class order, say). `Err` says which names are in one
+    /// list and not the other.
+    pub fn with_class_order(&self, classes: &[String]) -> Result<Dataset, String> {
+        if self.classes == classes {
+            return Ok(self.clone());
+        }
+        let missing: Vec<&str> = classes
+            .iter()
+            .filter(|c| !self.classes.contains(c))
+            .map(String::as_str)
+            .collect();
+        let extra: Vec<&str> = self
+            .classes
+            .iter()
+            .filter(|c| !classes.contains(c))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() || classes.len() != self.classes.len() {
+            let mut why = Vec::new();
+            if !missing.is_empty() {
+                why.push(format!("not in the data: {}", missing.join(", ")));
+            }
+            if !extra.is_empty() {
+                why.push(format!("not in the list: {}", extra.join(", ")));
+            }
+            return Err(why.join("; "));
+        }
+        let map: Vec<usize> = self
+            .classes
+            .iter()
+            .map(|c| classes.iter().position(|x| x == c).unwrap_or(0))
+            .collect();
+        let mut out = self.clone();
+        out.classes = classes.to_vec();
+        for s in &mut out.samples {
+            s.label = s.label.map(|l| map[l]);
+            s.noisy_label = s.noisy_label.map(|l| map[l]);
+        }
+        Ok(out)
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.samples.len()
@@ -464,37 +509,88 @@ pub(crate) fn read_text(what: &str, path: &Path) -> Result<String, DataError> {
     })
 }
 
+/// Whether the first row of a CSV manifest is a header (`path,label`, `file,cls`,
+/// `filename,class`, ...) rather than an image: its first field is a usual column name, or
+/// it has no image extension and names no file under `root`.
+fn looks_like_header(fields: &[&str], root: &Path) -> bool {
+    const NAMES: &[&str] = &[
+        "path",
+        "file",
+        "filename",
+        "file_name",
+        "filepath",
+        "file_path",
+        "image",
+        "img",
+        "image_path",
+        "image_id",
+    ];
+    let first = fields[0];
+    if NAMES.iter().any(|n| first.eq_ignore_ascii_case(n)) {
+        return true;
+    }
+    let has_image_ext = Path::new(first)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| {
+            crate::data::scan::IMAGE_EXTENSIONS
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(e))
+        });
+    !has_image_ext && !root.join(first).exists()
+}
+
 /// Reads a classes file: one class name per line, trimmed; blank lines and duplicates
-/// are errors (see the module doc for why).
+/// are errors (see the module doc for why). The crate's one reader of classes files.
 pub fn read_classes_file(path: &Path) -> Result<Vec<String>, DataError> {
     let text = read_text("classes file", path)?;
+    parse_classes(&text).map_err(|(line, problem)| {
+        if line == 0 {
+            DataError::Format {
+                path: path.to_path_buf(),
+                problem,
+            }
+        } else {
+            DataError::ClassesFile {
+                path: path.to_path_buf(),
+                line,
+                problem,
+            }
+        }
+    })
+}
+
+/// The rules of a classes file's text: a UTF-8 byte-order mark is dropped, each line is one
+/// class name (trimmed; `\r\n` endings and a final newline are fine), and a blank line,
+/// a duplicate or no name at all is an error. `Err((line, problem))`, line 0 for the whole
+/// file.
+pub fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut classes = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let name = line.trim();
         let line_no = i + 1;
         if name.is_empty() {
-            return Err(DataError::ClassesFile {
-                path: path.to_path_buf(),
-                line: line_no,
-                problem: "blank line (each line must hold one class name)".to_string(),
-            });
+            return Err((
+                line_no,
+                "blank line (each line must hold one class name)".to_string(),
+            ));
         }
         if let Some(first) = seen.get(name) {
-            return Err(DataError::ClassesFile {
-                path: path.to_path_buf(),
-                line: line_no,
-                problem: format!("duplicate class `{name}` (first on line {first})"),
-            });
+            return Err((
+                line_no,
+                format!("duplicate class `{name}` (first on line {first})"),
+            ));
         }
         seen.insert(name.to_string(), line_no);
         classes.push(name.to_string());
     }
     if classes.is_empty() {
-        return Err(DataError::Format {
-            path: path.to_path_buf(),
-            problem: "no class names (expected one class name per line)".to_string(),
-        });
+        return Err((
+            0,
+            "no class names (expected one class name per line)".to_string(),
+        ));
     }
     Ok(classes)
 }
@@ -846,6 +942,53 @@ impl FromStr for DataSpec {
     }
 }
 
+impl DataSpec {
+    /// The same spec with every relative path (folder, file, classes file, root) joined to
+    /// `base`: what a spec read from a config file means (relative to the file's folder),
+    /// written so that it means the same from any working directory.
+    pub fn resolved_against(&self, base: &Path) -> DataSpec {
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                let joined = base.join(p);
+                std::path::absolute(&joined).unwrap_or(joined)
+            }
+        };
+        let source = match &self.source {
+            Source::Folder { dir, classes } => Source::Folder {
+                dir: abs(dir),
+                classes: classes.as_deref().map(abs),
+            },
+            Source::Unlabeled { dir, classes } => Source::Unlabeled {
+                dir: abs(dir),
+                classes: abs(classes),
+            },
+            Source::Csv {
+                file,
+                classes,
+                root,
+            } => Source::Csv {
+                file: abs(file),
+                classes: classes.as_deref().map(abs),
+                root: root.as_deref().map(abs),
+            },
+            Source::Benchmark { benchmark, root } => Source::Benchmark {
+                benchmark: *benchmark,
+                root: abs(root),
+            },
+            Source::Cifar10N { root, label } => Source::Cifar10N {
+                root: abs(root),
+                label: *label,
+            },
+        };
+        DataSpec {
+            source,
+            split: self.split,
+        }
+    }
+}
+
 impl fmt::Display for DataSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<(&str, String)> = Vec::new();
@@ -1060,12 +1203,7 @@ fn load_csv(
         if fields.iter().all(|f| f.is_empty()) {
             continue;
         }
-        let is_header = rows.is_empty()
-            && i == 0
-            && fields[0].eq_ignore_ascii_case("path")
-            && fields
-                .get(1)
-                .is_none_or(|f| f.eq_ignore_ascii_case("label"));
+        let is_header = rows.is_empty() && i == 0 && looks_like_header(&fields, &root);
         if is_header {
             continue;
         }

@@ -17,10 +17,13 @@ pub enum Method {
     /// METHOD.md's CoFT: two models, dual prompts, collaborative filtering, full fine-tuning.
     Coft,
     /// CoFT+: `rounds` of Phase I re-selecting top-K from the previous round, MoCo in
-    /// Phase II, and LLM templates when `templates_json` is given.
+    /// Phase II, and LLM templates when `templates_json` is given. Spelt `coft+` (as on the
+    /// command line) or `coft_plus`, everywhere.
+    #[serde(rename = "coft+", alias = "coft_plus")]
     CoftPlus,
     /// Baseline: the top `self_training_fraction` most confident zero-shot labels per
-    /// class, one full fine-tune, no filtering.
+    /// class, one full fine-tune, no filtering. Spelt `self-training` or `self_training`.
+    #[serde(rename = "self-training", alias = "self_training")]
     SelfTraining,
     /// Baseline in the manner of UPL: top-K, one model with the positive prompt only
     /// (lambda = 0), its labels of all of U fine-tuned on without filtering.

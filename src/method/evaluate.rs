@@ -88,18 +88,24 @@ pub fn evaluate_run(
     let (clip, _) = crate::clip::weights::load_model(&cfg.model, device)
         .with_context(|| format!("loading the run's model {}", cfg.model))?;
     let clf = Classifier::from_run_with(run, &clip.vision, device)?.with_batch_size(batch_size);
-    if clf.classes() != data.classes {
-        bail!(
-            "the run's classes ({}) differ from the data's ({})",
+    // The same classes in another order are matched by name.
+    let data = &data.with_class_order(clf.classes()).map_err(|why| {
+        anyhow::anyhow!(
+            "the run's classes ({}) are not the data's ({}): {why}; give the data the run's \
+             class list with ?classes={} (folder, unlabeled and csv specs)",
             clf.classes().join(", "),
-            data.classes.join(", ")
-        );
-    }
+            data.classes.join(", "),
+            run.join("final/classes.txt").display()
+        )
+    })?;
+    let samples: Vec<_> = data.samples.iter().filter(|s| s.label.is_some()).collect();
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let n = paths.len();
     let members = clf.num_models();
+    // Counted in images (each model reads each image once).
+    let members = members.max(1);
     let preds = clf.predict_paths(paths.clone(), &mut |d| {
-        progress("fine-tuned models", d, n * members)
+        progress(&format!("F1..F{members}"), d / members, n)
     });
 
     // Zero-shot with the run's templates, by the model that pseudo-labelled (the teacher

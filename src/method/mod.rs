@@ -11,6 +11,7 @@ pub mod phase1;
 pub mod phase2;
 pub mod pipeline;
 pub mod plan;
+pub mod preflight;
 pub mod prompts;
 pub mod pseudo_labels;
 pub mod templates;

@@ -128,6 +128,7 @@ impl<'c> RunContext<'c> {
         let c = ds.classes.len();
         // Checked before the run folder is created, so a wrong option leaves nothing behind.
         check_pool(cfg, u.samples.len(), c)?;
+        super::preflight::check(cfg, &ds.classes, device)?;
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         cfg.save(&layout.config())?;

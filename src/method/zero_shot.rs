@@ -68,56 +68,33 @@ pub enum PromptFileError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// A classes file that could not be read (it names itself).
+    #[error(transparent)]
+    Data(crate::data::source::DataError),
 }
 
-/// One class name per line. Blank lines and duplicates are errors (a silent blank class
-/// would shift every label after it); a trailing newline and `\r\n` endings are fine.
+/// One class name per line, read by the crate's one classes-file reader
+/// ([`crate::data::source::read_classes_file`]: byte-order mark dropped; blank lines and
+/// duplicates are errors, since a silent blank class would shift every label after it).
 pub fn read_classes(path: &std::path::Path) -> Result<Vec<String>, PromptFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PromptFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_classes(&text).map_err(|(line, message)| {
-        if line == 0 {
-            PromptFileError::File {
-                path: path.to_path_buf(),
-                message,
-            }
-        } else {
-            PromptFileError::Line {
-                path: path.to_path_buf(),
-                line,
-                message,
-            }
-        }
+    use crate::data::source::DataError;
+    crate::data::source::read_classes_file(path).map_err(|e| match e {
+        DataError::ClassesFile { line, problem, .. } => PromptFileError::Line {
+            path: path.to_path_buf(),
+            line,
+            message: problem,
+        },
+        DataError::Format { problem, .. } => PromptFileError::File {
+            path: path.to_path_buf(),
+            message: problem,
+        },
+        other => PromptFileError::Data(other),
     })
 }
 
-/// `Err((line, message))`, line 0 for whole-file problems.
+/// See [`crate::data::source::parse_classes`].
 pub fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    if body.trim().is_empty() {
-        return Err((0, "no class names (expected one per line)".into()));
-    }
-    let mut seen = std::collections::HashMap::new();
-    let mut classes = Vec::new();
-    for (i, raw) in body.split('\n').enumerate() {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err((
-                i + 1,
-                "blank line (expected one class name per line)".into(),
-            ));
-        }
-        if let Some(first) = seen.insert(name.to_string(), i + 1) {
-            return Err((
-                i + 1,
-                format!("duplicate class {name:?} (first on line {first})"),
-            ));
-        }
-        classes.push(name.to_string());
-    }
-    Ok(classes)
+    crate::data::source::parse_classes(text)
 }
 
 /// CuPL-style `{"class name": ["sentence", ...]}`.
@@ -235,6 +212,11 @@ mod tests {
     fn classes_file_rules() {
         assert_eq!(parse_classes("dog\ncat\n").unwrap(), vec!["dog", "cat"]);
         assert_eq!(parse_classes("dog\r\ncat").unwrap(), vec!["dog", "cat"]);
+        // A byte-order mark (Windows editors) is not part of the first class's name.
+        assert_eq!(
+            parse_classes("\u{feff}dog\ncat\n").unwrap(),
+            vec!["dog", "cat"]
+        );
         assert_eq!(parse_classes("dog\n\ncat\n").unwrap_err().0, 2);
         let e = parse_classes("dog\ncat\ndog\n").unwrap_err();
         assert_eq!(e.0, 3);

@@ -337,6 +337,12 @@ pub struct TrainState {
     /// Free-form summary (last loss, best accuracy, ...).
     #[serde(default)]
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// SHA-256 (hex) of every file of the epochs a stage keeps (the last two), by epoch
+    /// (as a string, for JSON) and file name: recorded when the epoch is committed, checked
+    /// on resume ([`super::stage::StageDir::restore`]). Empty in states from before
+    /// checksums were kept; those checkpoints are trusted as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl TrainState {

@@ -1,0 +1,180 @@
+//! What the command line says (issue 17): one line per failure, each cause once, names a
+//! user can act on, a classes file with a byte-order mark, a 1x1 image classified.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny")
+}
+
+fn coft(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coft"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run coft")
+}
+
+/// The single `error:` line of a failed command.
+fn error_line(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a failure:\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
+/// No clause of the line is said twice (`X: X`).
+fn assert_no_repeat(line: &str) {
+    let parts: Vec<&str> = line.split(": ").map(str::trim).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() > 12 {
+            assert!(
+                !parts[i + 1..].iter().any(|q| q.contains(p)),
+                "`{p}` repeated in: {line}"
+            );
+        }
+    }
+}
+
+/// Two class folders of two fixture images each, plus a classes file written as `classes`.
+fn folder(dir: &Path, classes: &[u8]) -> (PathBuf, PathBuf) {
+    let root = dir.join("imgs");
+    for (i, class) in ["dog", "cat"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for j in 0..2 {
+            let src = fixtures().join(format!("images/img_{}.png", i * 2 + j));
+            std::fs::copy(src, root.join(class).join(format!("{j}.png"))).unwrap();
+        }
+    }
+    let file = dir.join("classes.txt");
+    std::fs::write(&file, classes).unwrap();
+    (root, file)
+}
+
+fn zero_shot(model: &str, images: &Path, classes: &Path, out: &Path) -> Output {
+    coft(
+        &[
+            "zero-shot",
+            "--model",
+            model,
+            "--images",
+            images.to_str().unwrap(),
+            "--classes",
+            classes.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, classes) = folder(dir.path(), "\u{feff}dog\r\ncat\r\n".as_bytes());
+    let out = dir.path().join("p.csv");
+    let model = fixtures().join("hf");
+    let o = zero_shot(model.to_str().unwrap(), &root, &classes, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with("path,pred,dog,cat\n"), "{text}");
+    // The class folders match the (clean) names, so the accuracy line is there.
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("accuracy"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn a_one_pixel_image_is_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, classes) = folder(dir.path(), b"dog\ncat\n");
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10]))
+        .save(root.join("dog/tiny.png"))
+        .unwrap();
+    let out = dir.path().join("p.csv");
+    let model = fixtures().join("hf");
+    let o = zero_shot(model.to_str().unwrap(), &root, &classes, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("tiny.png"), "not skipped: {err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("\ndog/tiny.png,"), "{text}");
+}
+
+#[test]
+fn errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = folder(dir.path(), b"dog\ncat\n");
+    let out = dir.path().join("p.csv");
+    let model = fixtures().join("hf");
+    let model = model.to_str().unwrap();
+    // A classes file that is not UTF-8.
+    let bad = dir.path().join("latin1.txt");
+    std::fs::write(&bad, b"caf\xe9\ncat\n").unwrap();
+    let line = error_line(&zero_shot(model, &root, &bad, &out));
+    assert!(
+        line.contains("UTF-8") && line.contains("latin1.txt"),
+        "{line}"
+    );
+    assert_no_repeat(&line);
+    // A missing classes file, a missing model.
+    let line = error_line(&zero_shot(model, &root, &dir.path().join("none.txt"), &out));
+    assert!(line.contains("none.txt"), "{line}");
+    assert_no_repeat(&line);
+    let classes = dir.path().join("classes.txt");
+    let line = error_line(&zero_shot("/no/such/model", &root, &classes, &out));
+    assert!(line.contains("/no/such/model"), "{line}");
+    assert_no_repeat(&line);
+    assert_eq!(line.matches("no such file").count(), 1, "{line}");
+}
+
+#[test]
+fn an_unknown_random_preset_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, classes) = folder(dir.path(), b"dog\ncat\n");
+    let out = dir.path().join("p.csv");
+    let line = error_line(&zero_shot("random:ViT-Q/99", &root, &classes, &out));
+    assert!(line.contains("unknown preset `ViT-Q/99`"), "{line}");
+    assert!(line.contains("ViT-B/16"), "{line}");
+    assert!(!line.to_lowercase().contains("no such file"), "{line}");
+}
+
+#[test]
+fn a_hub_id_not_in_the_cache_offline_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, classes) = folder(dir.path(), b"dog\ncat\n");
+    let cache = dir.path().join("hub");
+    std::fs::create_dir_all(&cache).unwrap();
+    let out = dir.path().join("p.csv");
+    let o = coft(
+        &[
+            "zero-shot",
+            "--model",
+            "someone/absent-clip",
+            "--images",
+            root.to_str().unwrap(),
+            "--classes",
+            classes.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[
+            ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    let line = error_line(&o);
+    assert!(
+        line.contains("someone/absent-clip")
+            && line.contains("not in the local Hugging Face cache")
+            && line.contains(cache.to_str().unwrap())
+            && line.contains("huggingface-cli download someone/absent-clip"),
+        "{line}"
+    );
+    assert_no_repeat(&line);
+}
