@@ -27,7 +27,7 @@ use coft::method::pseudo_labels::{read_csv, PseudoLabel};
 #[derive(ClapArgs, Debug)]
 pub struct LabArgs {
     /// Tasks, in order: demo, shapes6, colours8.
-    #[arg(long, value_delimiter = ',', default_value = "demo,shapes6,colours8")]
+    #[arg(long, value_delimiter = ',', default_value = "demo,colours8")]
     tasks: Vec<String>,
     /// Methods (zero-shot comes with every run).
     #[arg(
