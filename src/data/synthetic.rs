@@ -219,16 +219,17 @@ mod tests {
             read(&b.join("triangle/001.png"))
         );
         // Masks of different shapes differ at the same size.
-        let area = |shape| {
+        let mask = |shape| -> Vec<bool> {
             (-8..=8)
                 .flat_map(|y| (-8..=8).map(move |x| (x, y)))
-                .filter(|&(x, y)| inside(shape, x, y, 8))
-                .count()
+                .map(|(x, y)| inside(shape, x, y, 8))
+                .collect()
         };
-        let areas: Vec<usize> = (0..6).map(area).collect();
+        let masks: Vec<Vec<bool>> = (0..6).map(mask).collect();
         for i in 0..6 {
+            assert!(masks[i].iter().any(|&m| m), "shape {i} draws nothing");
             for j in i + 1..6 {
-                assert_ne!(areas[i], areas[j], "{:?}", areas);
+                assert_ne!(masks[i], masks[j], "shapes {i} and {j} draw the same mask");
             }
         }
     }
