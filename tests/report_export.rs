@@ -168,6 +168,27 @@ fn report_renders_in_headless_chromium() {
         "Computed on the 36 labeled images of {}",
         t.data.display()
     )));
+    // Every model eval scores, the configuration and timings, readable set names with the
+    // errors caught, a matrix that says what its cells are.
+    for needle in [
+        "<td>zero-shot</td>",
+        "<td>M1 (Phase I prompts)</td>",
+        "<td>M2 (Phase I prompts)</td>",
+        "<td>F1 (fine-tuned)</td>",
+        "<td>F2 (fine-tuned)</td>",
+        "<td>ensemble of F1..F2 (final)</td>",
+        "id=\"configuration\"",
+        "<th>K (top-K per class)</th>",
+        "<th>coft version</th>",
+        "id=\"timings\"",
+        "<td>S* (top-K)</td>",
+        "<td>S1 clean</td>",
+        "errors caught (%)",
+        "cells: image counts",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+    assert!(!html.contains("(zero-shot</text>"), "a cut label");
 
     let (dom, console) = load_in_chromium(&page, &["--dump-dom"]);
     assert!(console.is_empty(), "console messages: {console:#?}");
