@@ -516,13 +516,22 @@ fn quiet_verbose_and_plain_progress_off_a_terminal() {
     assert_eq!(args(Some("--quiet")), "", "--quiet prints nothing");
     // stderr is a pipe here: plain lines, no terminal control characters.
     let plain = args(None);
-    assert!(plain.contains("predict: 72/72"), "{plain}");
+    // Counted in images (36), not model passes (72), the unit named.
+    assert!(
+        plain.contains("predict (2 models): 36/36 images"),
+        "{plain}"
+    );
     assert!(plain.contains("wrote 36 predictions"), "{plain}");
     assert!(
         !plain.contains('\u{1b}') && !plain.contains('\r'),
         "{plain:?}"
     );
-    assert!(!plain.contains("DEBUG"));
+    assert!(!plain.contains("debug:"));
+    // Log lines read like the rest of the output: `debug: ...`, no padded level.
+    assert!(plain.lines().all(|l| !l.starts_with(' ')), "{plain}");
     let verbose = args(Some("-v"));
-    assert!(verbose.contains("DEBUG") && verbose.contains("run classifier loaded"));
+    assert!(
+        verbose.contains("debug: ") && verbose.contains("run classifier loaded"),
+        "{verbose}"
+    );
 }
