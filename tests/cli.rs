@@ -173,7 +173,7 @@ fn bad_inputs_fail_with_one_line() {
     let out = dir.path().join("p.csv");
     for (content, needle) in [
         ("dog\n\ncat\n", ":2: blank line"),
-        ("dog\ncat\ndog\n", "duplicate class \"dog\""),
+        ("dog\ncat\ndog\n", "duplicate class `dog`"),
     ] {
         let classes = dir.path().join("c.txt");
         std::fs::write(&classes, content).unwrap();

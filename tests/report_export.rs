@@ -168,6 +168,27 @@ fn report_renders_in_headless_chromium() {
         "Computed on the 36 labeled images of {}",
         t.data.display()
     )));
+    // Every model eval scores, the configuration and timings, readable set names with the
+    // errors caught, a matrix that says what its cells are.
+    for needle in [
+        "<td>zero-shot</td>",
+        "<td>M1 (Phase I prompts)</td>",
+        "<td>M2 (Phase I prompts)</td>",
+        "<td>F1 (fine-tuned)</td>",
+        "<td>F2 (fine-tuned)</td>",
+        "<td>ensemble of F1..F2 (final)</td>",
+        "id=\"configuration\"",
+        "<th>K (top-K per class)</th>",
+        "<th>coft version</th>",
+        "id=\"timings\"",
+        "<td>S* (top-K)</td>",
+        "<td>S1 clean</td>",
+        "errors caught (%)",
+        "cells: image counts",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+    assert!(!html.contains("(zero-shot</text>"), "a cut label");
 
     let (dom, console) = load_in_chromium(&page, &["--dump-dom"]);
     assert!(console.is_empty(), "console messages: {console:#?}");
@@ -495,13 +516,22 @@ fn quiet_verbose_and_plain_progress_off_a_terminal() {
     assert_eq!(args(Some("--quiet")), "", "--quiet prints nothing");
     // stderr is a pipe here: plain lines, no terminal control characters.
     let plain = args(None);
-    assert!(plain.contains("predict: 72/72"), "{plain}");
+    // Counted in images (36), not model passes (72), the unit named.
+    assert!(
+        plain.contains("predict (2 models): 36/36 images"),
+        "{plain}"
+    );
     assert!(plain.contains("wrote 36 predictions"), "{plain}");
     assert!(
         !plain.contains('\u{1b}') && !plain.contains('\r'),
         "{plain:?}"
     );
-    assert!(!plain.contains("DEBUG"));
+    assert!(!plain.contains("debug:"));
+    // Log lines read like the rest of the output: `debug: ...`, no padded level.
+    assert!(plain.lines().all(|l| !l.starts_with(' ')), "{plain}");
     let verbose = args(Some("-v"));
-    assert!(verbose.contains("DEBUG") && verbose.contains("run classifier loaded"));
+    assert!(
+        verbose.contains("debug: ") && verbose.contains("run classifier loaded"),
+        "{verbose}"
+    );
 }

@@ -44,6 +44,10 @@ pub struct Labeled {
     pub source: String,
     pub classes: Vec<String>,
     pub items: Vec<LabeledItem>,
+    /// Every model `coft eval` scores, in its order (`zero-shot`, `M1`, `M2`, `F1`, `F2`,
+    /// `ensemble`), top-1 accuracy in percent; empty: the ensemble and zero-shot from
+    /// `items`.
+    pub models: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,8 +66,25 @@ impl Labeled {
     pub fn from_evaluation(ev: &crate::method::evaluate::Evaluation, source: String) -> Self {
         let ens = ev.predictions(&ev.ensemble);
         let zs = ev.predictions(&ev.zero_shot);
+        let mut models = vec![("zero-shot".to_string(), ev.accuracy(&ev.zero_shot))];
+        for (m, labels) in ev.phase1_labels.iter().enumerate() {
+            models.push((
+                format!("M{} (Phase I prompts)", m + 1),
+                ev.label_accuracy(labels),
+            ));
+        }
+        for (f, p) in ev.members.iter().enumerate() {
+            models.push((format!("F{} (fine-tuned)", f + 1), ev.accuracy(p)));
+        }
+        if ev.members.len() > 1 {
+            models.push((
+                "ensemble of F1..F2 (final)".to_string(),
+                ev.accuracy(&ev.ensemble),
+            ));
+        }
         Self {
             source,
+            models,
             classes: ev.classes.clone(),
             items: ev
                 .paths
@@ -143,6 +164,7 @@ pub fn labeled_from_pool(
         ),
         classes,
         items,
+        models: Vec::new(),
     }))
 }
 
@@ -236,26 +258,62 @@ pub fn collect_pseudo_labels(
     Ok(out)
 }
 
-/// The sets a pseudo-label file defines: selected (S*) and all of U for a step-0 file;
-/// clean and noise for a filtered one.
+/// The sets a pseudo-label file defines, by the method's names (METHOD.md: U, S*, S_i
+/// clean / noise), short enough for a chart label: selected and all of U for an unfiltered
+/// file, clean and noise for a filtered one. Files the pipeline does not write keep their
+/// path as the name.
 pub fn sets_of(file: &PseudoLabelFile) -> Vec<(String, pseudo_labels::SetQuality)> {
     let filtered = file.rows.iter().any(|r| r.clean.is_some());
-    let q = |name: &str, f: &dyn Fn(&PseudoLabel) -> bool| {
+    let q = |name: String, f: &dyn Fn(&PseudoLabel) -> bool| {
         (
-            format!("{}: {name}", file.name),
+            name,
             pseudo_labels::quality(file.rows.iter().filter(|r| f(r))),
+        )
+    };
+    let path = file.name.as_str();
+    let set_i = path
+        .strip_prefix("phase2/set_")
+        .and_then(|r| r.strip_suffix(".csv"));
+    let round = path
+        .strip_prefix("phase1/round")
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(r, f)| Some((r, f.strip_prefix('s')?.strip_suffix(".csv")?)));
+    let (all, sel, clean, noise) = if path == "stage0/pseudo_labels.csv" {
+        (
+            "U (zero-shot)".to_string(),
+            "S* (top-K)".to_string(),
+            String::new(),
+            String::new(),
+        )
+    } else if let Some(i) = set_i {
+        (
+            format!("S{i} all"),
+            format!("S{i} selected"),
+            format!("S{i} clean"),
+            format!("S{i} noise"),
+        )
+    } else if let Some((r, m)) = round {
+        (
+            format!("U by M{m}, round {r}"),
+            format!("S{m}* round {r}"),
+            format!("S{m}* round {r} clean"),
+            format!("S{m}* round {r} noise"),
+        )
+    } else {
+        (
+            format!("{path}: all"),
+            format!("{path}: selected S*"),
+            format!("{path}: clean"),
+            format!("{path}: noise"),
         )
     };
     if filtered {
         vec![
-            q("clean", &|r| r.clean == Some(true)),
-            q("noise", &|r| r.clean == Some(false)),
+            q(clean, &|r| r.clean == Some(true)),
+            q(noise, &|r| r.clean == Some(false)),
         ]
     } else {
-        vec![
-            q("all (zero-shot)", &|_| true),
-            q("selected S*", &|r| r.selected),
-        ]
+        vec![q(all, &|_| true), q(sel, &|r| r.selected)]
     }
 }
 
@@ -351,6 +409,8 @@ pub fn render(
         if run.join("final/classes.txt").is_file() { "yes" } else { "no (the page shows the stages that exist)" },
     );
 
+    render_configuration(&mut page.body, run, &cfg);
+
     // Training curves, grouped by the top-level folder (phase1, phase2, round_r, ...).
     page.body.push_str("<h2>Training</h2>");
     let logs = collect_metrics(run)?;
@@ -429,16 +489,26 @@ pub fn render(
             files.iter().flat_map(sets_of).collect();
         let has_truth = sets.iter().any(|(_, q)| q.precision.is_some());
         page.body.push_str(
-            "<table class=\"data\"><tr><th>set</th><th>size</th><th>precision (%)</th></tr>",
+            "<table class=\"data\" id=\"sets\"><tr><th>set</th><th>size (images)</th><th>precision (%)</th><th>errors caught (%)</th><th>file</th></tr>",
         );
-        for (name, q) in &sets {
-            let _ = write!(
-                page.body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(name),
-                q.size,
-                fmt_pct(q.precision)
-            );
+        for f in &files {
+            // The share of the labeller's wrong labels the other model rejected.
+            let caught = pseudo_labels::errors_caught(&f.rows);
+            for (i, (name, q)) in sets_of(f).iter().enumerate() {
+                let _ = write!(
+                    page.body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(name),
+                    q.size,
+                    fmt_pct(q.precision),
+                    if i == 0 {
+                        fmt_pct(caught)
+                    } else {
+                        "–".into()
+                    },
+                    escape(&f.name)
+                );
+            }
         }
         page.body.push_str("</table>");
         let cats: Vec<String> = sets.iter().map(|(n, _)| n.clone()).collect();
@@ -503,6 +573,103 @@ pub fn render(
     ))
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (the civil-from-days algorithm; no time zones).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+/// The run's configuration (what a colleague needs to reproduce it), when it started and
+/// with which coft, and the wall time of every stage (`timings.json`).
+fn render_configuration(b: &mut String, run: &Path, cfg: &crate::method::pipeline::TrainConfig) {
+    let record: Value = std::fs::read(run.join("run.json"))
+        .ok()
+        .and_then(|x| serde_json::from_slice(&x).ok())
+        .unwrap_or_default();
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "method",
+            toml::Value::try_from(cfg.method)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        ),
+        ("model", cfg.model.clone()),
+    ];
+    if let Some(t) = &cfg.teacher_model {
+        rows.push(("teacher model", t.clone()));
+    }
+    rows.extend([
+        ("K (top-K per class)", cfg.k.to_string()),
+        ("Phase I rounds", cfg.phase1_rounds().to_string()),
+        (
+            "Phase I",
+            format!(
+                "{} epochs, lr {}, batch {}",
+                cfg.phase1.epochs, cfg.phase1.lr, cfg.phase1.batch_size
+            ),
+        ),
+        (
+            "Phase II",
+            format!(
+                "{} epochs, lr {}, batch {}, MoCo {}",
+                cfg.phase2.epochs,
+                cfg.phase2.lr,
+                cfg.phase2.batch_size,
+                if cfg.moco_enabled() { "on" } else { "off" }
+            ),
+        ),
+        (
+            "prompts",
+            format!(
+                "{} context tokens, lambda {}",
+                cfg.prompts.n_ctx, cfg.lambda
+            ),
+        ),
+        ("inference batch", cfg.infer_batch_size.to_string()),
+        ("seed", cfg.seed.to_string()),
+    ]);
+    if let Some(v) = record["coft_version"].as_str() {
+        rows.push(("coft version", v.to_string()));
+    }
+    if let Some(t) = record["started_unix"].as_u64() {
+        rows.push(("started", utc(t)));
+    }
+    b.push_str("<h2>Configuration</h2><table class=\"kv\" id=\"configuration\">");
+    for (k, v) in rows {
+        let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
+    }
+    b.push_str("</table>");
+    let timings: Value = std::fs::read(run.join("timings.json"))
+        .ok()
+        .and_then(|x| serde_json::from_slice(&x).ok())
+        .unwrap_or_default();
+    if let Some(stages) = timings["stages"].as_array().filter(|a| !a.is_empty()) {
+        b.push_str("<h2>Timings</h2><table class=\"data\" id=\"timings\"><tr><th>stage</th><th>wall time (s)</th></tr>");
+        let mut total = 0.0;
+        for st in stages {
+            if let (Some(name), Some(sec)) = (st[0].as_str(), st[1].as_f64()) {
+                total += sec;
+                let _ = write!(b, "<tr><td>{}</td><td>{sec:.1}</td></tr>", escape(name));
+            }
+        }
+        let _ = write!(b, "<tr><th>total</th><th>{total:.1}</th></tr></table>");
+        if let Some(peak) = timings["peak_rss_mib"].as_f64() {
+            let _ = write!(b, "<p class=\"note\">Peak memory {peak:.0} MiB.</p>");
+        }
+    }
+}
+
 fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
     let c = l.classes.len();
     let n = l.items.len();
@@ -516,15 +683,28 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
     let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
     let _ = write!(
         page.body,
-        "<p class=\"source\" id=\"accuracy-source\">Computed on {}.</p><table class=\"data\"><tr><th>model</th><th>top-1 accuracy (%)</th></tr><tr><td>final ensemble (F1 + F2)</td><td>{:.2}</td></tr>",
+        "<p class=\"source\" id=\"accuracy-source\">Computed on {}.</p><table class=\"data\" id=\"models\"><tr><th>model</th><th>top-1 accuracy (%)</th></tr>",
         escape(&l.source),
-        pct(right)
     );
-    if zs_known {
+    if l.models.is_empty() {
+        if zs_known {
+            let _ = write!(
+                page.body,
+                "<tr><td>zero-shot</td><td>{:.2}</td></tr>",
+                pct(zs_right)
+            );
+        }
         let _ = write!(
             page.body,
-            "<tr><td>zero-shot</td><td>{:.2}</td></tr>",
-            pct(zs_right)
+            "<tr><td>final ensemble</td><td>{:.2}</td></tr>",
+            pct(right)
+        );
+    }
+    for (name, acc) in &l.models {
+        let _ = write!(
+            page.body,
+            "<tr><td>{}</td><td>{acc:.2}</td></tr>",
+            escape(name)
         );
     }
     page.body.push_str("</table>");
@@ -542,7 +722,7 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
         "plot-confusion",
         svg::heatmap(
             "plot-confusion",
-            "confusion matrix (final ensemble)",
+            "confusion matrix of the final ensemble (cells: image counts)",
             &l.classes,
             &l.classes,
             &cm,
@@ -587,11 +767,35 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
             }
         })
     });
-    order.truncate(opts.max_images);
+    // Both kinds on the page: up to half the grid wrong ones, the rest right ones.
+    let wrong: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| l.items[i].pred != l.items[i].truth)
+        .collect();
+    let right_ones: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| l.items[i].pred == l.items[i].truth)
+        .collect();
+    let max = opts.max_images;
+    let n_wrong = wrong
+        .len()
+        .min(max.div_ceil(2).max(max.saturating_sub(right_ones.len())));
+    let n_right = right_ones.len().min(max - n_wrong);
+    let order: Vec<usize> = wrong[..n_wrong]
+        .iter()
+        .chain(&right_ones[..n_right])
+        .copied()
+        .collect();
     let _ = write!(
         page.body,
-        "<h2>Sample predictions</h2><p class=\"note\">{} of {n} images: wrong predictions first, most confident first; then right ones, least confident first.</p><div class=\"grid\" id=\"samples\">",
-        order.len()
+        "<h2>Sample predictions</h2><p class=\"note\">{} of {n} images ({} wrong, {} right, of {} wrong and {} right in all): wrong predictions first, most confident first; then right ones, least confident first. Percentages are the final ensemble's confidence.</p><div class=\"grid\" id=\"samples\">",
+        order.len(),
+        n_wrong,
+        n_right,
+        wrong.len(),
+        right_ones.len()
     );
     let name = |i: usize| l.classes.get(i).map_or("?", |s| s.as_str());
     for &i in &order {
@@ -647,6 +851,13 @@ ok.style.display='none';document.body.appendChild(ok);});"#;
 mod tests {
     use super::*;
 
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_796_187_561), "2026-12-02 04:59 UTC");
+    }
+
     /// A run with CoFT+-style rounds and no labels: every pseudo-label CSV and metrics log
     /// is found and labelled by its path; no precision plot, no accuracy section.
     #[test]
@@ -700,7 +911,8 @@ mod tests {
             assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
         }
         assert!(html.contains("stage0/round_2/selected_1.csv: selected S*"));
-        assert!(html.contains("phase2/set_1.csv: noise"));
+        assert!(html.contains("<td>S1 noise</td>"));
+        assert!(html.contains("<td>phase2/set_1.csv</td>"));
         assert!(!html.contains("plot-set-precision") && !html.contains("plot-confusion"));
         assert!(html.contains("no labels here"));
         assert!(html.contains("precision is unknown"));
