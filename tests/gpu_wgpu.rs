@@ -44,7 +44,7 @@ fn phase2_step_with_moco_matches_the_cpu() {
 
 #[test]
 fn bf16_forward_is_close_to_f32() {
-    gpu::bf16_forward_is_close_to_f32(&dev());
+    gpu::bf16_forward_is_close_to_f32(&dev(), false);
 }
 
 #[test]
