@@ -298,6 +298,7 @@ fn coft_child(
     let dev = match a.device {
         DeviceKind::Cpu => "cpu",
         DeviceKind::Cuda => "cuda",
+        DeviceKind::Wgpu => "wgpu",
     };
     child(
         Command::new(exe)

@@ -13,6 +13,8 @@ use coft::data::loader::Skipped;
 pub enum DeviceKind {
     Cpu,
     Cuda,
+    /// The default wgpu adapter (Vulkan on Linux; `CUBECL_WGPU_DEFAULT_DEVICE` picks another).
+    Wgpu,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -56,6 +58,23 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
         DeviceKind::Cuda => Ok(Device::cuda(0)),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => bail!("this coft was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceKind::Wgpu => bail!("this coft was built without wgpu; rebuild with `cargo build --release --features wgpu`"),
+    }
+}
+
+/// `N` in `PREFIX:N` (`None` without `:N`), or an error naming the device.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[cfg_attr(not(feature = "multi-device"), allow(dead_code))]
+fn device_index(s: &str, prefix: &str) -> anyhow::Result<Option<usize>> {
+    match s.strip_prefix(prefix).and_then(|r| r.strip_prefix(':')) {
+        Some(i) => i
+            .parse::<usize>()
+            .map(Some)
+            .with_context(|| format!("device {s:?}: bad index")),
+        None => Ok(None),
     }
 }
 
@@ -72,23 +91,26 @@ pub fn quiet() -> bool {
     VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) < 0
 }
 
-/// `cpu`, `cuda` or `cuda:N` (a `--devices` entry).
+/// `cpu`, `cuda`, `cuda:N`, `wgpu` (the default adapter) or `wgpu:N` (the N-th discrete
+/// GPU): a `--devices` entry.
 #[cfg_attr(not(feature = "multi-device"), allow(dead_code))]
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     match s.trim() {
         "cpu" => device(DeviceKind::Cpu),
         #[cfg(feature = "cuda")]
         other if other == "cuda" || other.starts_with("cuda:") => {
-            let index = match other.strip_prefix("cuda:") {
-                Some(i) => i
-                    .parse::<usize>()
-                    .with_context(|| format!("device {other:?}: bad index"))?,
-                None => 0,
-            };
-            Ok(Device::cuda(index))
+            Ok(Device::cuda(device_index(other, "cuda")?.unwrap_or(0)))
         }
         other if other == "cuda" || other.starts_with("cuda:") => device(DeviceKind::Cuda),
-        other => bail!("device {other:?}: expected cpu, cuda or cuda:N"),
+        #[cfg(feature = "wgpu")]
+        other if other == "wgpu" || other.starts_with("wgpu:") => {
+            Ok(Device::wgpu(match device_index(other, "wgpu")? {
+                Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+                None => burn::tensor::DeviceKind::DefaultDevice,
+            }))
+        }
+        other if other == "wgpu" || other.starts_with("wgpu:") => device(DeviceKind::Wgpu),
+        other => bail!("device {other:?}: expected cpu, cuda, cuda:N, wgpu or wgpu:N"),
     }
 }
 
