@@ -26,7 +26,14 @@ fn method_benchmark_runs_its_protocol_at_toy_size() {
                 "--set",
                 "prompts.vpt_tokens=2",
             ])
-            .args(["--set", "phase1.epochs=1", "--set", "phase2.epochs=1"])
+            .args([
+                "--set",
+                "phase1.min_steps=0",
+                "--set",
+                "phase1.epochs=1",
+                "--set",
+                "phase2.epochs=1",
+            ])
             .output()
             .unwrap()
     };

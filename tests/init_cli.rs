@@ -63,9 +63,15 @@ fn init_round_trips_to_the_defaults() {
         "--out",
         r,
         "--dry-run",
+        // What `coft init` fits to this small model (docs/method.md): 4 visual prompt
+        // tokens for its 16 patches and Phase II's lr scaled to its width.
+        "--set",
+        "prompts.vpt_tokens=4",
+        "--set",
+        "phase2.lr=0.002",
     ]));
     assert_eq!(from_file, from_flags);
-    assert!(from_file.contains("k = 16") && from_file.contains("lr = 0.0005"));
+    assert!(from_file.contains("k = 16") && from_file.contains("lr = 0.002"));
     assert!(!run.exists(), "--dry-run must write nothing");
 
     // Not overwritten without --force.

@@ -39,6 +39,8 @@ fn train(out: &Path, extra: &[&str]) {
         "--set".into(),
         "phase1.epochs=2".into(),
         "--set".into(),
+        "phase1.min_steps=0".into(),
+        "--set".into(),
         "phase2.epochs=1".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
@@ -85,6 +87,8 @@ fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
             "3",
             "--set",
             "phase1.epochs=1",
+            "--set",
+            "phase1.min_steps=0",
             "--set",
             "phase1.lr=1e-12",
         ])
@@ -348,6 +352,8 @@ fn coft_plus_resumes_after_a_crash_in_a_later_round() {
             "2".into(),
             "--set".into(),
             "phase1.epochs=2".into(),
+            "--set".into(),
+            "phase1.min_steps=0".into(),
             "--set".into(),
             "phase2.epochs=1".into(),
             "--set".into(),

@@ -293,6 +293,8 @@ fn moco_args<'a>(data: &'a str, out: &'a str, model: &'a str) -> Vec<&'a str> {
         "--set",
         "phase1.epochs=1",
         "--set",
+        "phase1.min_steps=0",
+        "--set",
         "phase2.epochs=2",
         "--set",
         "prompts.n_ctx=4",

@@ -49,7 +49,14 @@ fn tiny_run() -> Option<&'static TinyRun> {
             .args(["--data", data.to_str().unwrap()])
             .args(["--out", run.to_str().unwrap()])
             .args(["--k", "4", "--threads", "2"])
-            .args(["--set", "phase1.epochs=2", "--set", "phase2.epochs=2"])
+            .args([
+                "--set",
+                "phase1.min_steps=0",
+                "--set",
+                "phase1.epochs=2",
+                "--set",
+                "phase2.epochs=2",
+            ])
             .args(["--set", "prompts.n_ctx=4", "--set", "prompts.vpt_tokens=2"])
             .args([
                 "--set",

@@ -68,6 +68,8 @@ const SMALL: &[&str] = &[
     "--set",
     "phase1.epochs=3",
     "--set",
+    "phase1.min_steps=0",
+    "--set",
     "phase2.epochs=3",
     "--set",
     "prompts.n_ctx=4",

@@ -22,6 +22,8 @@ fn small_run_args<'a>(data: &'a str, out: &'a str, model: &'a str) -> Vec<&'a st
         "--set",
         "phase1.epochs=2",
         "--set",
+        "phase1.min_steps=0",
+        "--set",
         "phase2.epochs=2",
         "--set",
         "prompts.n_ctx=4",
