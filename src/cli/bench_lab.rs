@@ -17,12 +17,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use coft::data::synthetic::{write_task, ClassKind, Shift};
 use coft::method::pseudo_labels::{read_csv, PseudoLabel};
+
+use super::bench_method::{coft_cmd, run_child};
 
 #[derive(ClapArgs, Debug)]
 pub struct LabArgs {
@@ -148,25 +149,6 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
         }),
         _ => None,
     }
-}
-
-fn coft_cmd() -> anyhow::Result<Command> {
-    Ok(Command::new(
-        std::env::current_exe().context("locating the coft executable")?,
-    ))
-}
-
-fn run_child(mut cmd: Command, what: &str, log: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let status = cmd
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .with_context(|| format!("starting {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}); see {}", log.display());
-    }
-    Ok(())
 }
 
 fn prepare(name: &str, cache: &Path, threads: usize) -> anyhow::Result<Task> {

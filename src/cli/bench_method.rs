@@ -69,13 +69,13 @@ pub struct MethodBenchArgs {
     threads: usize,
 }
 
-fn coft_cmd() -> anyhow::Result<Command> {
+pub(super) fn coft_cmd() -> anyhow::Result<Command> {
     Ok(Command::new(
         std::env::current_exe().context("locating the coft executable")?,
     ))
 }
 
-fn run_child(mut cmd: Command, what: &str, log: &Path) -> anyhow::Result<()> {
+pub(super) fn run_child(mut cmd: Command, what: &str, log: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let status = cmd
         .stdout(file.try_clone()?)
