@@ -493,7 +493,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     )?;
     let classes = ev.classes.clone();
     let mut report: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let cfg = coft::method::pipeline::TrainConfig::load(&a.run.join("config.toml"))?;
+    let layout = pipeline::RunLayout::new(&a.run);
+    let cfg = TrainConfig::load(&layout.config())?;
+    let plan = pipeline::Plan::new(&cfg);
     let mut rows: Vec<(String, f64)> = vec![("zero-shot".into(), ev.accuracy(&ev.zero_shot))];
     for (m, labels) in ev.phase1_labels.iter().enumerate() {
         rows.push((format!("M{}", m + 1), ev.label_accuracy(labels)));
@@ -516,24 +518,20 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     );
     let mut sets = vec![(
         "S* (step 0, selected)".to_string(),
-        a.run.join("stage0/pseudo_labels.csv"),
+        layout.pseudo_labels(),
         true,
     )];
-    for round in 2..=cfg.phase1_rounds() {
-        for m in 1..=cfg.method.phase1_models() {
+    for round in 2..=plan.rounds {
+        for m in 1..=plan.models {
             sets.push((
                 format!("S{m}* (round {round}, selected)"),
-                a.run.join(format!("phase1/round{round}/s{m}.csv")),
+                layout.selection(round, m),
                 true,
             ));
         }
     }
     for i in 1..=n_sets {
-        sets.push((
-            format!("S{i} clean"),
-            a.run.join(format!("phase2/set_{i}.csv")),
-            false,
-        ));
+        sets.push((format!("S{i} clean"), layout.set(i), false));
     }
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
     for (name, path, selected_only) in sets {
@@ -599,6 +597,6 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .into(),
     );
     let json = serde_json::to_string_pretty(&report)?;
-    coft::util::write_atomic(&a.run.join("eval.json"), json.as_bytes())?;
+    coft::util::write_atomic(&layout.eval_json(), json.as_bytes())?;
     Ok(())
 }
