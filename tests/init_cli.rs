@@ -136,6 +136,14 @@ fn wrong_options_fail_before_any_work_naming_the_key() {
         ("[phase1]\nlr = 0.0\n", "phase1.lr"),
         ("[phase1]\nepochs = 0\n", "phase1.epochs"),
         (
+            "[phase1]\nclip_grad_norm = 0.0\n",
+            "phase1.clip_grad_norm: must be > 0",
+        ),
+        (
+            "method = \"coft+\"\n[phase2]\nclip_grad_norm = 1.0\n",
+            "phase2.clip_grad_norm: not supported with MoCo",
+        ),
+        (
             "[phase2.optimizer]\nkind = \"adam\"\n",
             "phase2.optimizer.kind",
         ),

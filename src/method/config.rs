@@ -201,6 +201,11 @@ impl TrainConfig {
             }
         }
         self.phase2.moco.validate().map_err(anyhow::Error::msg)?;
+        // The MoCo loop has its own epoch loop, which does not clip (yet): refuse rather than
+        // silently ignore the option.
+        if self.phase2.clip_grad_norm.is_some() && self.moco_enabled() {
+            bail!("phase2.clip_grad_norm: not supported with MoCo (phase2.moco.enabled) yet");
+        }
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
             bail!("lambda: must be >= 0, got {}", self.lambda);
         }
@@ -216,6 +221,11 @@ impl TrainConfig {
             }
             if o.epochs == 0 {
                 bail!("{name}.epochs: must be at least 1");
+            }
+            if let Some(c) = o.clip_grad_norm {
+                if !(c > 0.0 && c.is_finite()) {
+                    bail!("{name}.clip_grad_norm: must be > 0, got {c}");
+                }
             }
             if o.warmup_epochs > o.epochs {
                 bail!(
