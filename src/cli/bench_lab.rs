@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use coft::data::synthetic::{write_task, ClassKind, Shift};
+use coft::data::synthetic::{write_task, write_task_counts, ClassKind, Shift};
 use coft::method::pseudo_labels::{read_csv, PseudoLabel};
 
 use super::bench_method::{coft_cmd, run_child};
 
 #[derive(ClapArgs, Debug)]
 pub struct LabArgs {
-    /// Tasks, in order: demo, shapes6, colours8.
+    /// Tasks, in order: demo, shapes6, colours8, colours8-lt (colours8 long-tailed: 10x
+    /// between the largest and smallest class).
     #[arg(long, value_delimiter = ',', default_value = "demo,colours8")]
     tasks: Vec<String>,
     /// Methods (zero-shot comes with every run).
@@ -68,6 +69,9 @@ struct TaskRecipe {
     u_per_class: usize,
     test_per_class: usize,
     shift: Shift,
+    /// Largest over smallest class in U and test (1: balanced): class `c` has
+    /// `per_class * imbalance^(-c / (C - 1))` images, a geometric long tail like Caltech101's.
+    imbalance: f64,
     /// `coft pretrain` flags (model shape and schedule).
     pretrain: &'static [&'static str],
 }
@@ -87,6 +91,7 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
                 noise: 15,
                 ..Shift::CLEAN
             },
+            imbalance: 1.0,
             pretrain: &[
                 "--width",
                 "48",
@@ -110,13 +115,13 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
                 "1e-3",
             ],
         }),
-        "colours8" => Some(TaskRecipe {
+        "colours8" | "colours8-lt" => Some(TaskRecipe {
             kind: ClassKind::Colour,
             classes: 8,
             size: 32,
             pre_per_class: 30,
-            u_per_class: 100,
-            test_per_class: 50,
+            u_per_class: if name == "colours8-lt" { 200 } else { 100 },
+            test_per_class: if name == "colours8-lt" { 100 } else { 50 },
             shift: Shift {
                 fade: 0.4,
                 gamma: 1.8,
@@ -124,6 +129,7 @@ fn recipe(name: &str) -> Option<TaskRecipe> {
                 noise: 30,
                 ..Shift::CLEAN
             },
+            imbalance: if name == "colours8-lt" { 10.0 } else { 1.0 },
             pretrain: &[
                 "--width",
                 "32",
@@ -161,8 +167,9 @@ fn prepare(name: &str, cache: &Path, threads: usize) -> anyhow::Result<Task> {
             model: demo.join("model"),
         });
     }
-    let r = recipe(name)
-        .ok_or_else(|| anyhow::anyhow!("unknown lab task {name:?} (demo, shapes6, colours8)"))?;
+    let r = recipe(name).ok_or_else(|| {
+        anyhow::anyhow!("unknown lab task {name:?} (demo, shapes6, colours8, colours8-lt)")
+    })?;
     let dir = cache.join(name);
     let task = Task {
         name: name.into(),
@@ -204,7 +211,13 @@ fn prepare(name: &str, cache: &Path, threads: usize) -> anyhow::Result<Task> {
         (&task.test, r.test_per_class, 3),
     ] {
         let _ = std::fs::remove_dir_all(folder);
-        write_task(folder, r.kind, r.classes, per_class, r.size, seed, &r.shift)?;
+        let counts: Vec<usize> = (0..r.classes)
+            .map(|c| {
+                let t = c as f64 / (r.classes.max(2) - 1) as f64;
+                ((per_class as f64) * r.imbalance.powf(-t)).round().max(1.0) as usize
+            })
+            .collect();
+        write_task_counts(folder, r.kind, &counts, r.size, seed, &r.shift)?;
     }
     coft::util::write_atomic(&dir.join("DONE"), b"done\n")?;
     Ok(task)

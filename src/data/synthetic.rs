@@ -109,13 +109,26 @@ pub fn write_task(
     seed: u64,
     shift: &Shift,
 ) -> std::io::Result<Vec<String>> {
-    let names = class_names(kind, classes);
+    write_task_counts(dir, kind, &vec![per_class; classes], size, seed, shift)
+}
+
+/// Like [`write_task`] with `counts[c]` images of class `c` (a long-tailed task); equal
+/// counts draw exactly the images [`write_task`] draws.
+pub fn write_task_counts(
+    dir: &Path,
+    kind: ClassKind,
+    counts: &[usize],
+    size: u32,
+    seed: u64,
+    shift: &Shift,
+) -> std::io::Result<Vec<String>> {
+    let names = class_names(kind, counts.len());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let s = size as i32;
     for (c, name) in names.iter().enumerate() {
         let class_dir = dir.join(name);
         std::fs::create_dir_all(&class_dir)?;
-        for i in 0..per_class {
+        for i in 0..counts[c] {
             let r: i32 = rng.random_range(s / 6..s / 3 + 1);
             let (cx, cy): (i32, i32) = (rng.random_range(r..s - r), rng.random_range(r..s - r));
             let (shape, rgb) = match kind {
