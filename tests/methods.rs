@@ -390,3 +390,34 @@ fn coft_plus_resumes_after_a_crash_in_a_later_round() {
         );
     }
 }
+
+#[test]
+fn oracle_peft_trains_phase1_on_s_stars_true_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    // K = 100 of the demo's 150 images per class reaches past the confident ones, so S* has
+    // errors for the oracle to correct (checked on CoFT's S*, else the test proves nothing).
+    let selected = |run: &Path| {
+        read_csv(
+            &run.join("stage0/pseudo_labels.csv"),
+            &coft::method::zero_shot::read_classes(&run.join("final/classes.txt")).unwrap(),
+        )
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.selected)
+        .collect::<Vec<_>>()
+    };
+    let coft_run = tmp.path().join("coft");
+    train(&coft_run, &["--set", "k=100"]);
+    let noisy = selected(&coft_run);
+    assert!(noisy.iter().any(|r| Some(r.label) != r.true_label));
+    let peft = tmp.path().join("peft");
+    train(&peft, &["--method", "oracle-peft", "--set", "k=100"]);
+    let clean = selected(&peft);
+    // The same images, now with their true labels.
+    assert_eq!(
+        clean.iter().map(|r| &r.path).collect::<Vec<_>>(),
+        noisy.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert!(clean.iter().all(|r| Some(r.label) == r.true_label));
+    assert!(peft.join("final/f2.safetensors").is_file());
+}

@@ -12,7 +12,8 @@ use super::run_dir;
 
 #[derive(ClapArgs, Debug)]
 pub struct TrainArgs {
-    /// Method: coft, coft+ (rounds, MoCo), or a baseline: self-training, upl, oracle.
+    /// Method: coft, coft+ (rounds, MoCo), a baseline (self-training, upl), or a benchmark
+    /// reference that needs labels: oracle (true labels), oracle-peft (S*'s true labels).
     #[arg(long)]
     method: Option<String>,
     /// CoFT+ rounds of Phase I (default 3).

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::phase1::OptimConfig;
 use super::phase2::{HeadInit, Phase2Config};
 use super::prompts::PromptConfig;
+use super::pseudo_labels::FilterRule;
 use crate::data::source::{DataSpec, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,13 +31,31 @@ pub enum Method {
     Upl,
     /// Ceiling for benchmarks: full fine-tuning on U's true labels (needs labeled data).
     Oracle,
+    /// Diagnostic for benchmarks: CoFT with S*'s true labels in Phase I (needs labeled data).
+    /// Its Phase I models tell whether prompt tuning can adapt the backbone at all from S*'s
+    /// images; the gap to CoFT's Phase I is what S*'s label noise costs. Spelt `oracle-peft`
+    /// or `oracle_peft`.
+    #[serde(rename = "oracle-peft", alias = "oracle_peft")]
+    OraclePeft,
 }
 
 impl Method {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Coft => "coft",
+            Method::CoftPlus => "coft+",
+            Method::SelfTraining => "self-training",
+            Method::Upl => "upl",
+            Method::Oracle => "oracle",
+            Method::OraclePeft => "oracle-peft",
+        }
+    }
+
     /// Phase I models trained per round.
     pub fn phase1_models(self) -> usize {
         match self {
-            Method::Coft | Method::CoftPlus => 2,
+            Method::Coft | Method::CoftPlus | Method::OraclePeft => 2,
             Method::Upl => 1,
             Method::SelfTraining | Method::Oracle => 0,
         }
@@ -58,6 +77,10 @@ pub struct TrainConfig {
     pub underscores_to_spaces: bool,
     /// Top-K per class in S* (METHOD.md step 0.3).
     pub k: usize,
+    /// Sinkhorn rounds that even out a labeller's class shares over U before its labels are
+    /// used (step 0's S*, CoFT+'s re-selection, Phase II's labels); 0 = METHOD.md's rule as
+    /// written. docs/method.md has the lab table.
+    pub balance_iters: usize,
     /// CoFT+ rounds of Phase I (round 1 from zero-shot labels).
     pub rounds: usize,
     /// CoFT+: when a round's model replaces the previous round's.
@@ -76,6 +99,8 @@ pub struct TrainConfig {
     pub phase1: OptimConfig,
     pub phase2: Phase2Config,
     pub head_init: HeadInit,
+    /// Phase II: which of the labeller's labels the collaborative filter keeps.
+    pub filter: FilterRule,
     pub freeze_stem: bool,
     /// Batch size of inference passes (labelling, evaluation).
     pub infer_batch_size: usize,
@@ -100,6 +125,7 @@ impl Default for TrainConfig {
             templates_json: None,
             underscores_to_spaces: true,
             k: 16,
+            balance_iters: 3,
             rounds: 3,
             rounds_guard: RoundsGuard::default(),
             self_training_fraction: 0.5,
@@ -110,6 +136,7 @@ impl Default for TrainConfig {
             phase1: OptimConfig::phase1_default(),
             phase2: Phase2Config::default(),
             head_init: HeadInit::Prompts,
+            filter: FilterRule::Confidence,
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
@@ -188,6 +215,12 @@ impl TrainConfig {
         }
         if !(g.max_drop >= 0.0 && g.max_drop.is_finite()) {
             bail!("rounds_guard.max_drop: must be >= 0, got {}", g.max_drop);
+        }
+        if self.balance_iters > 1000 {
+            bail!(
+                "balance_iters: at most 1000 (3 already evens the class shares), got {}",
+                self.balance_iters
+            );
         }
         if !(self.self_training_fraction > 0.0 && self.self_training_fraction <= 1.0) {
             bail!(

@@ -188,7 +188,7 @@ pub fn fit_to_model(cfg: &mut TrainConfig, clip: &ClipConfig, notes: &mut Vec<St
 /// What each option does, in the order the file lists them (dotted keys; a key whose
 /// value is absent is written commented out with the example after `|`).
 pub const OPTION_DOCS: &[(&str, &str)] = &[
-    ("method", "Method: \"coft\" (METHOD.md: zero-shot pseudo-labels, Phase I with two prompt-tuned models, Phase II collaborative filtering and full fine-tuning), \"coft_plus\" (rounds of Phase I, MoCo in Phase II), or a baseline: \"self_training\", \"upl\", \"oracle\" (true labels: a ceiling for benchmarks)."),
+    ("method", "Method: \"coft\" (METHOD.md: zero-shot pseudo-labels, Phase I with two prompt-tuned models, Phase II collaborative filtering and full fine-tuning), \"coft_plus\" (rounds of Phase I, MoCo in Phase II), or a baseline: \"self_training\", \"upl\", \"oracle\" (true labels: a ceiling for benchmarks), \"oracle_peft\" (CoFT with S*'s true labels in Phase I: a diagnostic)."),
     ("model", "CLIP checkpoint: a Hugging Face folder, an OpenAI/open_clip .safetensors, a hub id (openai/clip-vit-base-patch16) or random:ViT-B/16[:seed]."),
     ("data", "Data spec (README, \"Data sources\"): the train split, or every image, is the unlabeled pool U; labels, if any, are only used for reports."),
     ("seed", "Seed of every random choice (initialisation, data order, augmentation); same seed, same run on CPU."),
@@ -196,11 +196,13 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("templates_json", "CuPL-style JSON {\"class\": [\"sentence\", ...]} ensembled with the templates (CoFT+ addition 3).|\"descriptions.json\""),
     ("underscores_to_spaces", "Write class names with spaces for underscores in prompts (CoOp's convention)."),
     ("k", "K: the top-K most confident images per class form S* (step 0.3); must not exceed the pool."),
+    ("balance_iters", "Sinkhorn rounds that even out a labeller's class shares over U before its labels are used (step 0's top-K, CoFT+'s re-selection, Phase II's labels): a shifted CLIP piles its labels onto a few classes; 0 = METHOD.md's argmax as written (docs/method.md)."),
     ("rounds", "CoFT+ only: rounds of Phase I, each re-selecting top-K per model from the previous round's labels with fresh prompts."),
     ("self_training_fraction", "self_training baseline only: share of each class's zero-shot candidates kept (most confident first)."),
     ("labeled", "Semi-supervised: CSV of path,label (class name), paths relative to the CSV; those images keep their true labels in every set.|\"labeled.csv\""),
     ("teacher_model", "Distillation: step 0 and Phase I use this (larger) model; Phase II fine-tunes `model` on its filtered labels.|\"openai/clip-vit-large-patch14\""),
     ("lambda", "Weight of the negative-prompt loss L2 in Phase I: L1 + lambda * L2."),
+    ("filter", "Phase II: the validator passes a label when its positive prompt beats its negative one (METHOD.md); \"confidence\" keeps that many of the labeller's most confident labels, \"paper\" keeps exactly the passed ones (docs/method.md has the table)."),
     ("head_init", "Phase II linear head: \"prompts\" (positive-prompt class embeddings / tau, the [decision] in METHOD.md) or \"random\"."),
     ("freeze_stem", "Freeze the patch and position embeddings and the first LayerNorm in Phase II (as DeFT does)."),
     ("infer_batch_size", "Images per forward pass when labelling and evaluating (memory, not results)."),

@@ -18,7 +18,7 @@ use super::phase2::{
 };
 use super::plan::{SetRule, Step0Selection};
 use super::prompts::{ClassPrompts, PromptLearner};
-use super::pseudo_labels::{self, argmax_rows, select_top_k, PseudoLabel};
+use super::pseudo_labels::{self, argmax_rows, select_top_k, FilterRule, PseudoLabel};
 use super::zero_shot;
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
@@ -153,9 +153,12 @@ impl<'c> RunContext<'c> {
                 }
             }
         }
-        if plan.sets == SetRule::TrueLabels && truth.iter().any(Option::is_none) {
+        if (plan.sets == SetRule::TrueLabels || plan.s_star_truth)
+            && truth.iter().any(Option::is_none)
+        {
             bail!(
-                "method oracle: {} has images without labels; the oracle fine-tunes on true labels",
+                "method {}: {} has images without labels; the oracle trains on true labels",
+                cfg.method.name(),
                 cfg.data
             );
         }
@@ -311,11 +314,12 @@ pub fn step0(ctx: &RunContext<'_>, hooks: &mut Hooks<'_>) -> anyhow::Result<Pool
         let n = emb.kept.len();
         let v: Tensor<2> =
             Tensor::from_data(TensorData::new(emb.data, [n, emb.dim]), &hooks.device);
-        let probs = to_host(zero_shot::probabilities(
+        let mut probs = to_host(zero_shot::probabilities(
             v,
             class_embeds,
             ctx.clip.logit_scale_exp(),
         ));
+        pseudo_labels::balance_classes(&mut probs, c, ctx.plan.balance_iters);
         let labels = argmax_rows(&probs, c);
         let selection = match ctx.plan.selection {
             Step0Selection::TopK(k) => select_top_k(&labels, c, k),
@@ -332,7 +336,12 @@ pub fn step0(ctx: &RunContext<'_>, hooks: &mut Hooks<'_>) -> anyhow::Result<Pool
                 pseudo_labels::select_top_k_per_class(&labels, &ks)
             }
         };
-        let rows = ctx.selection_rows(&emb.kept, &labels, &selection.selected);
+        let mut rows = ctx.selection_rows(&emb.kept, &labels, &selection.selected);
+        if ctx.plan.s_star_truth {
+            for r in rows.iter_mut().filter(|r| r.selected) {
+                r.label = r.true_label.unwrap_or(r.label);
+            }
+        }
         pseudo_labels::write_csv(&pl_path, &rows, ctx.classes())?;
         if let Step0Selection::TopK(k) = ctx.plan.selection {
             warn_short(&selection.short_classes(k), ctx.classes(), k);
@@ -384,12 +393,21 @@ pub fn reselect(
             pool.kept_paths.len(),
         );
         let view = ctx.view(pool, previous, hooks, 0)?;
-        let labels: Vec<(usize, f32)> = view
-            .labels
-            .iter()
-            .zip(&view.confidence)
-            .map(|(&l, &p)| (l, p))
-            .collect();
+        let c = ctx.classes().len();
+        let labels: Vec<(usize, f32)> = match ctx.plan.balance_iters {
+            0 => view
+                .labels
+                .iter()
+                .zip(&view.confidence)
+                .map(|(&l, &p)| (l, p))
+                .collect(),
+            n => {
+                let mut probs =
+                    pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
+                pseudo_labels::balance_classes(&mut probs, c, n);
+                argmax_rows(&probs, c)
+            }
+        };
         let selection = select_top_k(&labels, ctx.classes().len(), ctx.cfg.k);
         let rows = ctx.selection_rows(&pool.kept, &labels, &selection.selected);
         if let Some(dir) = sel.parent() {
@@ -524,17 +542,30 @@ pub fn phase2_sets(
     StageDir::new(ctx.layout.phase2())?;
     let n = pool.kept_paths.len();
     (hooks.on_stage)("phase II: labelling U", n * models.len().max(1));
+    let c = ctx.classes().len();
     let mut views = Vec::with_capacity(models.len());
     for (m, learner) in models.iter().enumerate() {
-        views.push(ctx.view(pool, learner, hooks, m * n)?);
+        let mut view = ctx.view(pool, learner, hooks, m * n)?;
+        // The labels of U are evened out like step 0's: a Phase I model trained on a
+        // balanced S* still piles its labels of U onto a few classes under the shift.
+        if ctx.plan.balance_iters > 0 {
+            let mut probs = pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
+            pseudo_labels::balance_classes(&mut probs, c, ctx.plan.balance_iters);
+            let (labels, confidence) = argmax_rows(&probs, c).into_iter().unzip();
+            view.labels = labels;
+            view.confidence = confidence;
+        }
+        views.push(view);
     }
-    let c = ctx.classes().len();
     for i in 1..=ctx.plan.finetunes {
         let mut rows: Vec<PseudoLabel> = pool.rows.clone();
         match ctx.plan.sets {
             SetRule::CollaborativeFilter => {
                 let (labeller, validator) = (&views[i - 1], &views[2 - i]);
-                let clean = collaborative_filter_views(labeller, validator, c);
+                let mut clean = collaborative_filter_views(labeller, validator, c);
+                if ctx.plan.filter == FilterRule::Confidence {
+                    clean = pseudo_labels::keep_most_confident(&clean, &labeller.confidence);
+                }
                 for (r, row) in rows.iter_mut().enumerate() {
                     row.label = labeller.labels[r];
                     row.confidence = labeller.confidence[r];

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::config::{Method, TrainConfig};
+use super::pseudo_labels::FilterRule;
 
 /// How step 0 picks the set Phase I trains on (or, for self-training, the set it fine-tunes on).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,7 +40,14 @@ pub struct Plan {
     pub rounds: usize,
     /// Weight of L2 in Phase I (UPL-style has no negative prompt: 0).
     pub lambda: f64,
+    /// Sinkhorn rounds before each labelling of U is used (step 0, re-selection, Phase II's
+    /// labels); 0: argmax as is.
+    pub balance_iters: usize,
+    /// Phase I trains on S*'s true labels (the oracle-PEFT diagnostic).
+    pub s_star_truth: bool,
     pub sets: SetRule,
+    /// Which labels the collaborative filter keeps (only with [`SetRule::CollaborativeFilter`]).
+    pub filter: FilterRule,
     /// Phase II sets, one fine-tune each.
     pub finetunes: usize,
     /// Momentum contrast in Phase II (CoFT+).
@@ -61,7 +69,7 @@ impl Plan {
             _ => 1,
         };
         let (selection, sets) = match m {
-            Method::Coft | Method::CoftPlus => {
+            Method::Coft | Method::CoftPlus | Method::OraclePeft => {
                 (Step0Selection::TopK(cfg.k), SetRule::CollaborativeFilter)
             }
             Method::Upl => (Step0Selection::TopK(cfg.k), SetRule::AllLabels),
@@ -77,7 +85,10 @@ impl Plan {
             models,
             rounds,
             lambda: if m == Method::Upl { 0.0 } else { cfg.lambda },
+            balance_iters: cfg.balance_iters,
+            s_star_truth: m == Method::OraclePeft,
             sets,
+            filter: cfg.filter,
             finetunes: if sets == SetRule::CollaborativeFilter {
                 2
             } else {
@@ -92,14 +103,23 @@ impl Plan {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let balance = match self.balance_iters {
+            0 => String::new(),
+            n => format!(" (class shares evened over U: {n} Sinkhorn rounds)"),
+        };
         match self.selection {
             Step0Selection::TopK(k) => writeln!(
                 f,
-                "step 0: zero-shot pseudo-labels of U, S* = top-{k} per class"
+                "step 0: zero-shot pseudo-labels of U{balance}, S* = top-{k} per class{}",
+                if self.s_star_truth {
+                    " with its true labels (diagnostic)"
+                } else {
+                    ""
+                }
             )?,
             Step0Selection::TopFraction(x) => writeln!(
                 f,
-                "step 0: zero-shot pseudo-labels of U, the top {:.0}% of each class",
+                "step 0: zero-shot pseudo-labels of U{balance}, the top {:.0}% of each class",
                 100.0 * x
             )?,
         }
@@ -127,14 +147,23 @@ impl fmt::Display for Plan {
             writeln!(f, "phase I: none")?;
         }
         let sets = match self.sets {
-            SetRule::CollaborativeFilter => {
-                "each model labels U, the other keeps or rejects each label"
-            }
+            SetRule::CollaborativeFilter => match self.filter {
+                FilterRule::Paper => "each model labels U, the other keeps or rejects each label",
+                FilterRule::Confidence => {
+                    "each model labels U, the other says how many labels pass; the most confident are kept"
+                }
+            },
             SetRule::AllLabels => "the model's labels of all of U, unfiltered",
             SetRule::Step0Selected => "step 0's selection",
             SetRule::TrueLabels => "U's true labels",
         };
-        writeln!(f, "phase II sets: {sets}")?;
+        let evened = match (self.balance_iters, self.sets) {
+            (n, SetRule::CollaborativeFilter | SetRule::AllLabels) if n > 0 => {
+                " (the labels of U evened like step 0's)"
+            }
+            _ => "",
+        };
+        writeln!(f, "phase II sets: {sets}{evened}")?;
         write!(
             f,
             "phase II: {} full fine-tune(s){}, head from {}",
@@ -188,5 +217,25 @@ mod tests {
         });
         assert!(!teacher.head_from_prompts);
         assert!(plus.to_string().contains("3 round(s)"));
+        // The diagnostic is CoFT with S*'s true labels; balancing is on by default and says so.
+        let peft = plan(Method::OraclePeft);
+        assert!(peft.s_star_truth && !coft.s_star_truth);
+        assert_eq!((peft.models, peft.sets), (2, SetRule::CollaborativeFilter));
+        assert_eq!(coft.balance_iters, 3);
+        assert!(coft.to_string().contains("3 Sinkhorn rounds"));
+        assert!(coft.to_string().contains("evened like step 0's"));
+        let unbalanced = Plan::new(&TrainConfig {
+            balance_iters: 0,
+            ..Default::default()
+        });
+        assert!(!unbalanced.to_string().contains("Sinkhorn"));
+        assert!(!unbalanced.to_string().contains("evened"));
+        assert_eq!(coft.filter, FilterRule::Confidence);
+        assert!(coft.to_string().contains("the most confident are kept"));
+        let paper = Plan::new(&TrainConfig {
+            filter: FilterRule::Paper,
+            ..Default::default()
+        });
+        assert!(paper.to_string().contains("keeps or rejects each label"));
     }
 }

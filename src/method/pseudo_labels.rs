@@ -34,6 +34,64 @@ pub fn argmax_rows(probs: &[f32], c: usize) -> Vec<(usize, f32)> {
         .collect()
 }
 
+/// Sinkhorn balancing of a row-major `[n, c]` probability matrix in place: `iters` rounds of
+/// scaling the columns to equal mass and the rows back to 1 (the equal-partition constraint
+/// of SeLa and SwAV's self-labelling). A zero-shot CLIP under a domain shift piles its argmax
+/// onto a few classes, and top-K per class then has nothing to pick for the others (colours8:
+/// two of eight classes were predicted for 2 and 0 of 800 images). Balancing ranks each image
+/// by how much more it looks like class `c` than the pool does on average, which keeps every
+/// class in S*; on an unbiased labeller it changes little (the columns are already even).
+/// Only ranks and argmaxes change; rows stay distributions.
+pub fn balance_classes(probs: &mut [f32], c: usize, iters: usize) {
+    if c == 0 || probs.is_empty() {
+        return;
+    }
+    let n = probs.len() / c;
+    for _ in 0..iters {
+        let mut col = vec![0f64; c];
+        for row in probs.chunks(c) {
+            for (s, &p) in col.iter_mut().zip(row) {
+                *s += p as f64;
+            }
+        }
+        // Each column to mass n / c (a class's fair share), guarding empty columns.
+        let scale: Vec<f64> = col
+            .iter()
+            .map(|&s| {
+                if s > 0.0 {
+                    n as f64 / (c as f64 * s)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        for row in probs.chunks_mut(c) {
+            let mut z = 0f64;
+            for (p, &k) in row.iter_mut().zip(&scale) {
+                *p = (*p as f64 * k) as f32;
+                z += *p as f64;
+            }
+            if z > 0.0 {
+                for p in row.iter_mut() {
+                    *p = (*p as f64 / z) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Softmax of `scale * sims` per row of a row-major `[n, c]` similarity matrix.
+pub fn softmax_rows(sims: &[f32], c: usize, scale: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(sims.len());
+    for row in sims.chunks(c) {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = row.iter().map(|&x| ((x - m) * scale).exp()).collect();
+        let z: f32 = e.iter().sum();
+        out.extend(e.iter().map(|&v| v / z));
+    }
+    out
+}
+
 /// What `select_top_k` kept per class, for the user's report.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Selection {
@@ -91,6 +149,32 @@ pub fn collaborative_filter(labels: &[usize], pos: &[f32], neg: &[f32], c: usize
         .enumerate()
         .map(|(i, &y)| pos[i * c + y] > neg[i * c + y])
         .collect()
+}
+
+/// Which of the labeller's labels Phase II keeps. The validator always says *how many*
+/// (as many as METHOD.md's rule passes); the rule says *which*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterRule {
+    /// The labeller's most confident labels, as many as the validator passes. The lab's
+    /// confidence-matched diagnostic was as precise as METHOD.md's own choice on every task,
+    /// and more precise where the filter matters (docs/method.md has the table).
+    Confidence,
+    /// METHOD.md as written: exactly the labels the validator passes.
+    Paper,
+}
+
+/// [`FilterRule::Confidence`]: as many `true`s as `passed` has, on the rows of highest
+/// `confidence` (ties to the earlier row, so a run is reproducible).
+pub fn keep_most_confident(passed: &[bool], confidence: &[f32]) -> Vec<bool> {
+    let kept = passed.iter().filter(|&&k| k).count();
+    let mut order: Vec<usize> = (0..passed.len()).collect();
+    order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]).then(a.cmp(&b)));
+    let mut out = vec![false; passed.len()];
+    for &r in &order[..kept] {
+        out[r] = true;
+    }
+    out
 }
 
 /// Size and quality of one pseudo-label set.
@@ -225,6 +309,53 @@ mod tests {
             collaborative_filter(&[0, 1, 1], &pos, &neg, 2),
             vec![true, false, false]
         );
+    }
+
+    #[test]
+    fn balancing_spreads_a_piled_up_argmax() {
+        // Three images, two classes; the labeller puts every argmax on class 0.
+        let mut p = vec![0.9, 0.1, 0.8, 0.2, 0.6, 0.4];
+        // One round by hand: column sums 2.3 and 0.7, target 1.5 each, so the columns are
+        // scaled by 1.5/2.3 and 1.5/0.7; image 3 becomes (0.6 * 0.652, 0.4 * 2.143)
+        // = (0.391, 0.857), normalised to (0.314, 0.686): class 1.
+        balance_classes(&mut p, 2, 1);
+        let (a, b) = (0.6 * 1.5 / 2.3, 0.4 * 1.5 / 0.7);
+        assert!((p[4] - (a / (a + b)) as f32).abs() < 1e-6);
+        assert!((p[5] - (b / (a + b)) as f32).abs() < 1e-6);
+        let labels: Vec<usize> = argmax_rows(&p, 2).iter().map(|l| l.0).collect();
+        assert_eq!(labels, vec![0, 0, 1]);
+        for row in p.chunks(2) {
+            assert!((row[0] + row[1] - 1.0).abs() < 1e-6);
+        }
+        // Zero iterations leave the matrix alone; an already even one stays even.
+        let mut q = vec![0.7, 0.3, 0.3, 0.7];
+        balance_classes(&mut q, 2, 0);
+        assert_eq!(q, vec![0.7, 0.3, 0.3, 0.7]);
+        balance_classes(&mut q, 2, 5);
+        assert!((q[0] - 0.7).abs() < 1e-6 && (q[3] - 0.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn confidence_rule_keeps_the_filters_count_of_the_most_confident() {
+        // The validator passed rows 0 and 3; the labeller is most sure of rows 1 and 3.
+        let passed = [true, false, false, true];
+        let kept = keep_most_confident(&passed, &[0.4, 0.9, 0.5, 0.8]);
+        assert_eq!(kept, vec![false, true, false, true]);
+        // Ties go to the earlier row; nothing passed keeps nothing.
+        assert_eq!(
+            keep_most_confident(&[true, false, false], &[0.5, 0.5, 0.5]),
+            vec![true, false, false]
+        );
+        assert_eq!(
+            keep_most_confident(&[false; 2], &[0.1, 0.2]),
+            vec![false; 2]
+        );
+    }
+
+    #[test]
+    fn softmax_rows_matches_hand_values() {
+        let p = softmax_rows(&[0.0, (2f32).ln() / 10.0], 2, 10.0);
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-6 && (p[1] - 2.0 / 3.0).abs() < 1e-6);
     }
 
     #[test]
