@@ -81,6 +81,9 @@ pub struct TrainConfig {
     /// used (step 0's S*, CoFT+'s re-selection, Phase II's labels); 0 = METHOD.md's rule as
     /// written. docs/method.md has the lab table.
     pub balance_iters: usize,
+    /// A balanced label replaces the labeller's own only where the labeller gave it at least
+    /// this share of its top probability (0: always; 1: never).
+    pub balance_min_ratio: f64,
     /// CoFT+ rounds of Phase I (round 1 from zero-shot labels).
     pub rounds: usize,
     /// CoFT+: when a round's model replaces the previous round's.
@@ -126,6 +129,7 @@ impl Default for TrainConfig {
             underscores_to_spaces: true,
             k: 16,
             balance_iters: 3,
+            balance_min_ratio: 0.5,
             rounds: 3,
             rounds_guard: RoundsGuard::default(),
             self_training_fraction: 0.5,
@@ -220,6 +224,12 @@ impl TrainConfig {
             bail!(
                 "balance_iters: at most 1000 (3 already evens the class shares), got {}",
                 self.balance_iters
+            );
+        }
+        if !(0.0..=1.0).contains(&self.balance_min_ratio) {
+            bail!(
+                "balance_min_ratio: must be in [0, 1], got {}",
+                self.balance_min_ratio
             );
         }
         if !(self.self_training_fraction > 0.0 && self.self_training_fraction <= 1.0) {

@@ -197,6 +197,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("underscores_to_spaces", "Write class names with spaces for underscores in prompts (CoOp's convention)."),
     ("k", "K: the top-K most confident images per class form S* (step 0.3); must not exceed the pool."),
     ("balance_iters", "Sinkhorn rounds that even out a labeller's class shares over U before its labels are used (step 0's top-K, CoFT+'s re-selection, Phase II's labels): a shifted CLIP piles its labels onto a few classes; 0 = METHOD.md's argmax as written (docs/method.md)."),
+    ("balance_min_ratio", "A balanced label replaces the labeller's own argmax only where the labeller gave it at least this share of its top probability: balancing fixes near-ties a biased labeller gets wrong and leaves its confident labels alone, so a truly long-tailed pool keeps its large classes (0: always replace; 1: never)."),
     ("rounds", "CoFT+ only: rounds of Phase I, each re-selecting top-K per model from the previous round's labels with fresh prompts."),
     ("self_training_fraction", "self_training baseline only: share of each class's zero-shot candidates kept (most confident first)."),
     ("labeled", "Semi-supervised: CSV of path,label (class name), paths relative to the CSV; those images keep their true labels in every set.|\"labeled.csv\""),

@@ -18,7 +18,7 @@ use super::phase2::{
 };
 use super::plan::{SetRule, Step0Selection};
 use super::prompts::{ClassPrompts, PromptLearner};
-use super::pseudo_labels::{self, argmax_rows, select_top_k, FilterRule, PseudoLabel};
+use super::pseudo_labels::{self, select_top_k, FilterRule, PseudoLabel};
 use super::zero_shot;
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
@@ -314,13 +314,12 @@ pub fn step0(ctx: &RunContext<'_>, hooks: &mut Hooks<'_>) -> anyhow::Result<Pool
         let n = emb.kept.len();
         let v: Tensor<2> =
             Tensor::from_data(TensorData::new(emb.data, [n, emb.dim]), &hooks.device);
-        let mut probs = to_host(zero_shot::probabilities(
+        let probs = to_host(zero_shot::probabilities(
             v,
             class_embeds,
             ctx.clip.logit_scale_exp(),
         ));
-        pseudo_labels::balance_classes(&mut probs, c, ctx.plan.balance_iters);
-        let labels = argmax_rows(&probs, c);
+        let labels = ctx.plan.balance.labels(&probs, c);
         let selection = match ctx.plan.selection {
             Step0Selection::TopK(k) => select_top_k(&labels, c, k),
             Step0Selection::TopFraction(fraction) => {
@@ -394,19 +393,17 @@ pub fn reselect(
         );
         let view = ctx.view(pool, previous, hooks, 0)?;
         let c = ctx.classes().len();
-        let labels: Vec<(usize, f32)> = match ctx.plan.balance_iters {
+        let labels: Vec<(usize, f32)> = match ctx.plan.balance.iters {
             0 => view
                 .labels
                 .iter()
                 .zip(&view.confidence)
                 .map(|(&l, &p)| (l, p))
                 .collect(),
-            n => {
-                let mut probs =
-                    pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
-                pseudo_labels::balance_classes(&mut probs, c, n);
-                argmax_rows(&probs, c)
-            }
+            _ => ctx.plan.balance.labels(
+                &pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp()),
+                c,
+            ),
         };
         let selection = select_top_k(&labels, ctx.classes().len(), ctx.cfg.k);
         let rows = ctx.selection_rows(&pool.kept, &labels, &selection.selected);
@@ -548,10 +545,9 @@ pub fn phase2_sets(
         let mut view = ctx.view(pool, learner, hooks, m * n)?;
         // The labels of U are evened out like step 0's: a Phase I model trained on a
         // balanced S* still piles its labels of U onto a few classes under the shift.
-        if ctx.plan.balance_iters > 0 {
-            let mut probs = pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
-            pseudo_labels::balance_classes(&mut probs, c, ctx.plan.balance_iters);
-            let (labels, confidence) = argmax_rows(&probs, c).into_iter().unzip();
+        if ctx.plan.balance.iters > 0 {
+            let probs = pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
+            let (labels, confidence) = ctx.plan.balance.labels(&probs, c).into_iter().unzip();
             view.labels = labels;
             view.confidence = confidence;
         }

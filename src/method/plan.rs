@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::config::{Method, TrainConfig};
-use super::pseudo_labels::FilterRule;
+use super::pseudo_labels::{Balance, FilterRule};
 
 /// How step 0 picks the set Phase I trains on (or, for self-training, the set it fine-tunes on).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,7 +42,7 @@ pub struct Plan {
     pub lambda: f64,
     /// Sinkhorn rounds before each labelling of U is used (step 0, re-selection, Phase II's
     /// labels); 0: argmax as is.
-    pub balance_iters: usize,
+    pub balance: Balance,
     /// Phase I trains on S*'s true labels (the oracle-PEFT diagnostic).
     pub s_star_truth: bool,
     pub sets: SetRule,
@@ -85,7 +85,10 @@ impl Plan {
             models,
             rounds,
             lambda: if m == Method::Upl { 0.0 } else { cfg.lambda },
-            balance_iters: cfg.balance_iters,
+            balance: Balance {
+                iters: cfg.balance_iters,
+                min_ratio: cfg.balance_min_ratio as f32,
+            },
             s_star_truth: m == Method::OraclePeft,
             sets,
             filter: cfg.filter,
@@ -103,9 +106,12 @@ impl Plan {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let balance = match self.balance_iters {
+        let balance = match self.balance.iters {
             0 => String::new(),
-            n => format!(" (class shares evened over U: {n} Sinkhorn rounds)"),
+            n => format!(
+                " (class shares evened over U: {n} Sinkhorn rounds, near-ties within {} only)",
+                self.balance.min_ratio
+            ),
         };
         match self.selection {
             Step0Selection::TopK(k) => writeln!(
@@ -157,7 +163,7 @@ impl fmt::Display for Plan {
             SetRule::Step0Selected => "step 0's selection",
             SetRule::TrueLabels => "U's true labels",
         };
-        let evened = match (self.balance_iters, self.sets) {
+        let evened = match (self.balance.iters, self.sets) {
             (n, SetRule::CollaborativeFilter | SetRule::AllLabels) if n > 0 => {
                 " (the labels of U evened like step 0's)"
             }
@@ -221,7 +227,8 @@ mod tests {
         let peft = plan(Method::OraclePeft);
         assert!(peft.s_star_truth && !coft.s_star_truth);
         assert_eq!((peft.models, peft.sets), (2, SetRule::CollaborativeFilter));
-        assert_eq!(coft.balance_iters, 3);
+        assert_eq!(coft.balance.iters, 3);
+        assert_eq!(coft.balance.min_ratio, 0.5);
         assert!(coft.to_string().contains("3 Sinkhorn rounds"));
         assert!(coft.to_string().contains("evened like step 0's"));
         let unbalanced = Plan::new(&TrainConfig {
