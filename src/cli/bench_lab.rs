@@ -184,6 +184,15 @@ fn prepare(name: &str, cache: &Path, threads: usize) -> anyhow::Result<Task> {
     std::fs::create_dir_all(&dir)?;
     // The pre-trained model is kept when only the shifted images are remade.
     let pre = dir.join("pre");
+    if !task.model.join("config.json").is_file() && task.model.join("config.toml").is_file() {
+        // An interrupted pre-training continues from its last epoch.
+        let mut cmd = coft_cmd()?;
+        cmd.arg("pretrain")
+            .arg("--resume")
+            .arg(&task.model)
+            .args(["--threads", &threads.to_string()]);
+        run_child(cmd, "coft pretrain", &dir.join("pretrain.log"))?;
+    }
     if !task.model.join("config.json").is_file() {
         let _ = std::fs::remove_dir_all(&pre);
         write_task(

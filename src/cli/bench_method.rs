@@ -118,17 +118,23 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
             if !dir.join("DONE").is_file() {
                 eprintln!("pre-training the benchmark's CLIP into {}", dir.display());
                 let mut cmd = coft_cmd()?;
-                cmd.args([
-                    "pretrain",
-                    "--data",
-                    &spec(&a.captions),
-                    "--range",
-                    "0..25000",
-                ])
-                .args(["--epochs", &a.pretrain_epochs.to_string(), "--seed", "1"])
-                .args(["--threads", &a.threads.to_string()])
-                .arg("--out")
-                .arg(&dir);
+                // An interrupted pre-training (its config.toml written, no DONE) continues
+                // from its last epoch rather than being refused as a run already there.
+                if dir.join("config.toml").is_file() {
+                    cmd.arg("pretrain").arg("--resume").arg(&dir);
+                } else {
+                    cmd.args([
+                        "pretrain",
+                        "--data",
+                        &spec(&a.captions),
+                        "--range",
+                        "0..25000",
+                    ])
+                    .args(["--epochs", &a.pretrain_epochs.to_string(), "--seed", "1"])
+                    .arg("--out")
+                    .arg(&dir);
+                }
+                cmd.args(["--threads", &a.threads.to_string()]);
                 let log = cache.join("pretrain.log");
                 run_child(cmd, "pre-training", &log)?;
                 coft::util::write_atomic(&dir.join("DONE"), b"")?;
