@@ -243,6 +243,13 @@ impl<'c> RunContext<'c> {
         rows
     }
 
+    /// A Phase I model's labels of U and their confidences, class-balanced like step 0's.
+    fn balanced(&self, view: &ModelView) -> Vec<(usize, f32)> {
+        let c = self.classes().len();
+        let probs = pseudo_labels::softmax_rows(&view.s_pos, c, self.clip.logit_scale_exp());
+        self.plan.balance.labels(&probs, c)
+    }
+
     fn read_rows(&self, path: &Path) -> anyhow::Result<Vec<PseudoLabel>> {
         pseudo_labels::read_csv(path, self.classes()).map_err(anyhow::Error::msg)
     }
@@ -392,7 +399,6 @@ pub fn reselect(
             pool.kept_paths.len(),
         );
         let view = ctx.view(pool, previous, hooks, 0)?;
-        let c = ctx.classes().len();
         let labels: Vec<(usize, f32)> = match ctx.plan.balance.iters {
             0 => view
                 .labels
@@ -400,10 +406,7 @@ pub fn reselect(
                 .zip(&view.confidence)
                 .map(|(&l, &p)| (l, p))
                 .collect(),
-            _ => ctx.plan.balance.labels(
-                &pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp()),
-                c,
-            ),
+            _ => ctx.balanced(&view),
         };
         let selection = select_top_k(&labels, ctx.classes().len(), ctx.cfg.k);
         let rows = ctx.selection_rows(&pool.kept, &labels, &selection.selected);
@@ -546,8 +549,7 @@ pub fn phase2_sets(
         // The labels of U are evened out like step 0's: a Phase I model trained on a
         // balanced S* still piles its labels of U onto a few classes under the shift.
         if ctx.plan.balance.iters > 0 {
-            let probs = pseudo_labels::softmax_rows(&view.s_pos, c, ctx.clip.logit_scale_exp());
-            let (labels, confidence) = ctx.plan.balance.labels(&probs, c).into_iter().unzip();
+            let (labels, confidence) = ctx.balanced(&view).into_iter().unzip();
             view.labels = labels;
             view.confidence = confidence;
         }
