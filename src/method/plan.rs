@@ -40,8 +40,8 @@ pub struct Plan {
     pub rounds: usize,
     /// Weight of L2 in Phase I (UPL-style has no negative prompt: 0).
     pub lambda: f64,
-    /// Sinkhorn rounds before each labelling of U is used (step 0, re-selection, Phase II's
-    /// labels); 0: argmax as is.
+    /// How each labelling of U is class-balanced before use (step 0, re-selection, Phase II's
+    /// labels); `iters = 0`: argmax as is.
     pub balance: Balance,
     /// Phase I trains on S*'s true labels (the oracle-PEFT diagnostic).
     pub s_star_truth: bool,

@@ -40,7 +40,8 @@ pub fn argmax_rows(probs: &[f32], c: usize) -> Vec<(usize, f32)> {
 /// onto a few classes, and top-K per class then has nothing to pick for the others (colours8:
 /// two of eight classes were predicted for 2 and 0 of 800 images). Balancing ranks each image
 /// by how much more it looks like class `c` than the pool does on average, which keeps every
-/// class in S*; on an unbiased labeller it changes little (the columns are already even).
+/// class in S*. It assumes equal class shares: on a truly long-tailed pool it moves large
+/// classes' images into small ones, which is why callers go through [`balanced_labels`].
 /// Only ranks and argmaxes change; rows stay distributions.
 pub fn balance_classes(probs: &mut [f32], c: usize, iters: usize) {
     if c == 0 || probs.is_empty() {
