@@ -170,6 +170,9 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if !cuda {
+        println!("{}", machine_summary());
+    }
     // coft's column is the process's peak RSS; on CUDA PyTorch's is its peak GPU allocation.
     let (ours_mem, their_mem) = if cuda {
         ("host RSS MiB", "GPU MiB")
@@ -265,6 +268,62 @@ pub fn run(a: PerfArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a CPU table was measured on: the processor, the vector instruction sets the run-time
+/// dispatch can use, and which matmul kernels that dispatch picks, so that figures from two
+/// machines are never compared blind: the same binary is 1.55x PyTorch on an AMD EPYC and
+/// 0.6x on an Intel Xeon, where gemm 0.19's kernels reach half of MKL's GFLOP/s (README).
+pub fn machine_summary() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown processor".into());
+    let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (isa, gemm_kernel) = instruction_sets();
+    format!(
+        "machine: {model}, {threads} threads; instruction sets: {isa}; matmul: gemm 0.19 {gemm_kernel}"
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+fn instruction_sets() -> (String, &'static str) {
+    let mut have = Vec::new();
+    macro_rules! probe {
+        ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { have.push($f); } )* };
+    }
+    probe!(
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512bf16",
+        "avx512fp16"
+    );
+    let kernel = if have.contains(&"avx512f") {
+        "AVX-512 kernels"
+    } else if have.contains(&"fma") {
+        "AVX2/FMA kernels"
+    } else {
+        "SSE kernels"
+    };
+    let isa = if have.is_empty() {
+        "none beyond SSE2".into()
+    } else {
+        have.join(" ")
+    };
+    (isa, kernel)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn instruction_sets() -> (String, &'static str) {
+    (std::env::consts::ARCH.into(), "kernels")
 }
 
 /// The middle value; the mean of the two middle ones for an even count (`--rounds 2`).
