@@ -248,8 +248,13 @@ pub fn quality<'a>(rows: impl Iterator<Item = &'a PseudoLabel>) -> SetQuality {
     }
 }
 
-/// Share of the wrong pseudo-labels that filtering moved to the noise set.
+/// Share of the wrong pseudo-labels that filtering moved to the noise set; `None` where no
+/// filter ran (no row has a clean/noisy decision, e.g. step 0's labelling of U), so a table
+/// shows a blank there rather than a 0 that reads as "the filter caught nothing".
 pub fn errors_caught(rows: &[PseudoLabel]) -> Option<f64> {
+    if rows.iter().all(|r| r.clean.is_none()) {
+        return None;
+    }
     let wrong: Vec<&PseudoLabel> = rows
         .iter()
         .filter(|r| r.true_label.is_some_and(|t| t != r.label))
@@ -458,6 +463,15 @@ mod tests {
         assert_eq!(q.size, 3);
         assert!((q.precision.unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(errors_caught(&rows), Some(0.5));
+        // No filter ran (step 0's file): nothing to report, though two labels are wrong.
+        let unfiltered: Vec<PseudoLabel> = rows
+            .iter()
+            .map(|r| PseudoLabel {
+                clean: None,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(errors_caught(&unfiltered), None);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("set.csv");
         write_csv(&p, &rows, &classes).unwrap();
