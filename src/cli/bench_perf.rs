@@ -14,17 +14,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Distribution, FloatDType, Tensor, TensorData};
 use clap::{Args as ClapArgs, ValueEnum};
 use coft::clip::model::l2_normalize;
 use coft::clip::tokenizer::Tokenizer;
-use coft::method::losses::{draw_complement, l1, l2, similarities};
+use coft::method::losses::draw_complement;
 use coft::method::moco::{contrastive_loss, ema_update, Queue};
-use coft::method::phase2::Classifier;
+use coft::method::phase1::phase1_loss;
+use coft::method::phase2::{phase2_loss, Classifier};
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
+use coft::train::epochs::{optimizer_step, OptimConfig};
 use coft::train::precision::{autocast, cast_module};
 use coft::train::{AdamWConfig, Optimizer, OptimizerConfig, SgdConfig};
 use rand::SeedableRng;
@@ -534,14 +535,14 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                     let v = f32_2(image_embeddings(&clip, &lv, x.clone()));
                     let (tp, tn) = class_embeddings(&clip, &prompts, &lv);
                     let (tp, tn) = (f32_2(tp), f32_2(tn));
-                    let (sp, sn) = (similarities(v.clone(), tp), similarities(v, tn));
                     let comp: Vec<usize> = labels
                         .iter()
                         .map(|&y| draw_complement(y, c, &mut rng))
                         .collect();
-                    let loss = l1(sp.clone(), &labels, scale) + l2(sp, sn, &labels, &comp, scale);
-                    let mut grads = loss.backward();
-                    let l = opt.step(l, &mut grads, 0.01);
+                    // The step Phase I trains with (the default lambda and clipping).
+                    let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0);
+                    let clip = OptimConfig::phase1_default().clip_grad_norm;
+                    let l = optimizer_step(l, &mut opt, loss, clip, 0.01).0;
                     let _ = coft::infer::to_vec(l.ctx_pos.val().inner().narrow(0, 0, 1));
                     learner = Some(l);
                 });
@@ -555,11 +556,6 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                 Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad),
             ));
             let mut opt = sgd();
-            let target: Vec<f32> = labels
-                .iter()
-                .flat_map(|&y| (0..c).map(move |j| if j == y { 1.0 } else { 0.0 }))
-                .collect();
-            let target: Tensor<2> = Tensor::from_data(TensorData::new(target, [b, c]), &ad);
             let moco = step == Step::Moco;
             // The momentum encoder (no autodiff) and a full queue, as in steady state.
             let mut momentum = moco.then(|| model.as_ref().unwrap().vision.valid());
@@ -583,10 +579,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                     };
                     let v = l2_normalize(f32_2(vision.forward(xq.clone(), None)));
                     let logits = m.head.forward(v.clone());
-                    let mut loss = (log_softmax(logits, 1) * target.clone())
-                        .sum()
-                        .neg()
-                        .div_scalar(b as f64);
+                    let mut loss = phase2_loss(logits, &labels);
                     let mut keys = None;
                     if let Some(mom) = &momentum {
                         let mom = if bf16 {
@@ -601,8 +594,8 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                         loss = loss + contrastive_loss(v, k, queue.tensor(&ad), 0.2);
                         keys = Some(k_host);
                     }
-                    let mut grads = loss.backward();
-                    let m = opt.step(m, &mut grads, 1e-4);
+                    let clip = OptimConfig::phase2_default().clip_grad_norm;
+                    let m = optimizer_step(m, &mut opt, loss, clip, 1e-4).0;
                     if let Some(mom) = momentum.take() {
                         momentum = Some(ema_update(mom, &m.vision, 0.999).expect("ema"));
                         queue.enqueue(&keys.unwrap_or_default()).expect("enqueue");

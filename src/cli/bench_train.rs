@@ -5,14 +5,16 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use clap::Args as ClapArgs;
 use coft::clip::tokenizer::Tokenizer;
-use coft::method::losses::{draw_complement, l1, l2, similarities};
-use coft::method::phase2::Classifier;
+use coft::method::losses::draw_complement;
+use coft::method::phase1::phase1_loss;
+use coft::method::phase2::{phase2_loss, Classifier};
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
+use coft::train::epochs::{optimizer_step, OptimConfig};
 use coft::train::{Optimizer, OptimizerConfig, SgdConfig};
 use rand::SeedableRng;
 
@@ -136,14 +138,14 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
                 let t = Instant::now();
                 let v = image_embeddings(&clip, &learner, x);
                 let (tp, tn) = class_embeddings(&clip, &prompts, &learner);
-                let (sp, sn) = (similarities(v.clone(), tp), similarities(v, tn));
                 let comp: Vec<usize> = labels
                     .iter()
                     .map(|&y| draw_complement(y, c, &mut rng))
                     .collect();
-                let loss = l1(sp.clone(), &labels, scale) + l2(sp, sn, &labels, &comp, scale);
-                let mut grads = loss.backward();
-                learner = opt.step(learner, &mut grads, 0.01);
+                // The step Phase I trains with (the default lambda and clipping).
+                let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0);
+                let clip = OptimConfig::phase1_default().clip_grad_norm;
+                learner = optimizer_step(learner, &mut opt, loss, clip, 0.01).0;
                 let _ = coft::infer::to_vec(learner.ctx_pos.val().inner().narrow(0, 0, 1));
                 if i > 0 {
                     times.push(t.elapsed().as_secs_f64());
@@ -161,18 +163,10 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
                 let x: Tensor<4> =
                     Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
                 let t = Instant::now();
-                let logits = model.forward(x);
-                let y = Tensor::<1, Int>::from_data(
-                    TensorData::new(
-                        labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                        [a.batch],
-                    ),
-                    &device,
-                );
-                let loss =
-                    burn::tensor::loss::cross_entropy_with_logits(logits, y.one_hot(c).float());
-                let mut grads = loss.backward();
-                model = opt.step(model, &mut grads, 1e-4);
+                // The step Phase II (cross-entropy) trains with.
+                let loss = phase2_loss(model.forward(x), &labels);
+                let clip = OptimConfig::phase2_default().clip_grad_norm;
+                model = optimizer_step(model, &mut opt, loss, clip, 1e-4).0;
                 let _ = coft::infer::to_vec(
                     model
                         .head

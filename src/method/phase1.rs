@@ -24,6 +24,26 @@ pub fn count_correct(scores: Tensor<2>, labels: &[usize]) -> usize {
         .count()
 }
 
+/// The Phase I loss `L1 + lambda * L2` (METHOD.md step 1) of image embeddings `v` against the
+/// positive and negative class embeddings, for `labels` and one `complement` label per row;
+/// also returns the positive similarities (for the training accuracy). Training and the
+/// benchmarks (`bench perf`, `bench train`) both call it.
+pub fn phase1_loss(
+    v: Tensor<2>,
+    t_pos: Tensor<2>,
+    t_neg: Tensor<2>,
+    labels: &[usize],
+    complement: &[usize],
+    scale: f32,
+    lambda: f64,
+) -> (Tensor<1>, Tensor<2>) {
+    let s_pos = similarities(v.clone(), t_pos);
+    let s_neg = similarities(v, t_neg);
+    let loss = l1(s_pos.clone(), labels, scale)
+        + l2(s_pos.clone(), s_neg, labels, complement, scale) * lambda;
+    (loss, s_pos)
+}
+
 /// Train (or resume training) one Phase I model in `stage`, returning its prompts.
 #[allow(clippy::too_many_arguments)]
 pub fn train_phase1(
@@ -59,10 +79,7 @@ pub fn train_phase1(
                 .collect();
             let v = image_embeddings(clip, learner, pixels);
             let (t_pos, t_neg) = class_embeddings(clip, prompts, learner);
-            let s_pos = similarities(v.clone(), t_pos);
-            let s_neg = similarities(v, t_neg);
-            let loss = l1(s_pos.clone(), labels, scale)
-                + l2(s_pos.clone(), s_neg, labels, &complement, scale) * lambda;
+            let (loss, s_pos) = phase1_loss(v, t_pos, t_neg, labels, &complement, scale, lambda);
             (loss, count_correct(s_pos, labels))
         },
     )

@@ -214,24 +214,27 @@ pub fn full_finetune(
         stage,
         env,
         |model, pixels, labels, _, _| {
-            // The pixels' device: a data-parallel replica's, or env.device.
-            let device = pixels.device();
             let logits = model.forward(pixels);
-            let c = logits.dims()[1];
             let right = count_correct(logits.clone(), labels);
-            let targets = Tensor::<1, Int>::from_data(
-                TensorData::new(
-                    labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                    [labels.len()],
-                ),
-                &device,
-            );
-            (
-                cross_entropy_with_logits(logits, targets.one_hot(c).float()),
-                right,
-            )
+            (phase2_loss(logits, labels), right)
         },
     )
+}
+
+/// The Phase II cross-entropy loss of a classifier's `logits` `[B, C]` against `labels`, on
+/// the logits' device (a data-parallel replica's, or the stage's). Training and the
+/// benchmarks (`bench perf`, `bench train`) both call it.
+pub fn phase2_loss(logits: Tensor<2>, labels: &[usize]) -> Tensor<1> {
+    let device = logits.device();
+    let c = logits.dims()[1];
+    let targets = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+            [labels.len()],
+        ),
+        &device,
+    );
+    cross_entropy_with_logits(logits, targets.one_hot(c).float())
 }
 
 /// Softmax probabilities `[B, C]` of a classifier (no gradients).

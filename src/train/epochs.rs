@@ -170,16 +170,17 @@ pub fn run_epochs<M: burn::module::Module>(
                         Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), env.device);
                     let (loss, right) = loss_fn(&model, pixels, &labels, epoch, step_in_epoch);
                     correct += right;
-                    let mut grads = loss.backward();
-                    let lv = f64::from(to_host(loss.inner())[0]);
-                    model = match optim.clip_grad_norm {
-                        None => opt.step(model, &mut grads, schedule.lr(step)),
-                        Some(max) => {
-                            let (clipped, norm) = clip_grad_norm(&model, &mut grads, max);
-                            norms.add(norm, max);
-                            opt.step_with(model, clipped, schedule.lr(step))
-                        }
-                    };
+                    let (m, lv, norm) = optimizer_step(
+                        model,
+                        &mut opt,
+                        loss,
+                        optim.clip_grad_norm,
+                        schedule.lr(step),
+                    );
+                    model = m;
+                    if let (Some(norm), Some(max)) = (norm, optim.clip_grad_norm) {
+                        norms.add(norm, max);
+                    }
                     lv
                 }
                 Some(dp) => {
@@ -248,6 +249,28 @@ pub fn run_epochs<M: burn::module::Module>(
     }
     stage.mark_done()?;
     Ok(model)
+}
+
+/// One optimiser step of every training stage (and of the benchmarks that time it): the
+/// backward pass of `loss`, its value, the gradients clipped to a global L2 norm of at most
+/// `max_norm` where one is set, and the update at learning rate `lr`. Returns the updated
+/// model, the loss's value and, when clipping, the gradients' norm before clipping.
+pub fn optimizer_step<M: Module>(
+    model: M,
+    opt: &mut Optimizer,
+    loss: Tensor<1>,
+    max_norm: Option<f64>,
+    lr: f64,
+) -> (M, f64, Option<f64>) {
+    let mut grads = loss.backward();
+    let lv = f64::from(to_host(loss.inner())[0]);
+    match max_norm {
+        None => (opt.step(model, &mut grads, lr), lv, None),
+        Some(max) => {
+            let (clipped, norm) = clip_grad_norm(&model, &mut grads, max);
+            (opt.step_with(model, clipped, lr), lv, Some(norm))
+        }
+    }
 }
 
 /// The gradients of `module`'s float parameters in visit order (taken out of `grads`), scaled
