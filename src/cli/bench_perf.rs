@@ -518,8 +518,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
             let names: Vec<String> = (0..c).map(|i| format!("object number {i}")).collect();
             let cfg = PromptConfig::default();
             let prompts =
-                ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length)
-                    .map_err(anyhow::Error::msg)?;
+                ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length)?;
             let mut learner = Some(PromptLearner::init(&clip, c, &cfg, 1, &ad));
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut opt = sgd();

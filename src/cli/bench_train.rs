@@ -127,8 +127,7 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
             let names: Vec<String> = (0..c).map(|i| format!("object number {i}")).collect();
             let cfg = PromptConfig::default();
             let prompts =
-                ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length)
-                    .map_err(anyhow::Error::msg)?;
+                ClassPrompts::new(&tok, &names, cfg.n_ctx, clip.config.text.context_length)?;
             let mut learner = PromptLearner::init(&clip, c, &cfg, 1, &ad);
             let scale = clip.logit_scale_exp();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

@@ -243,7 +243,7 @@ impl TrainConfig {
                 bail!("labeled: {} is not a file", l.display());
             }
         }
-        self.phase2.moco.validate().map_err(anyhow::Error::msg)?;
+        self.phase2.moco.validate()?;
         // The MoCo loop has its own epoch loop, which does not clip (yet): refuse rather than
         // silently ignore the option.
         if self.phase2.clip_grad_norm.is_some() && self.moco_enabled() {

@@ -57,30 +57,34 @@ impl Default for MocoConfig {
 
 impl MocoConfig {
     /// Problems name the option (`phase2.moco.<key>`).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MocoConfigError> {
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(format!(
-                "phase2.moco.momentum: must be in [0, 1], got {}",
-                self.momentum
-            ));
+            return Err(MocoConfigError::Momentum(self.momentum));
         }
         if self.queue_size == 0 {
-            return Err("phase2.moco.queue_size: must be at least 1".into());
+            return Err(MocoConfigError::QueueSize);
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(format!(
-                "phase2.moco.temperature: must be > 0, got {}",
-                self.temperature
-            ));
+            return Err(MocoConfigError::Temperature(self.temperature));
         }
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
-            return Err(format!(
-                "phase2.moco.gamma: must be >= 0, got {}",
-                self.gamma
-            ));
+            return Err(MocoConfigError::Gamma(self.gamma));
         }
         Ok(())
     }
+}
+
+/// A `phase2.moco` value out of range ([`MocoConfig::validate`]); the message names the option.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MocoConfigError {
+    #[error("phase2.moco.momentum: must be in [0, 1], got {0}")]
+    Momentum(f64),
+    #[error("phase2.moco.queue_size: must be at least 1")]
+    QueueSize,
+    #[error("phase2.moco.temperature: must be > 0, got {0}")]
+    Temperature(f64),
+    #[error("phase2.moco.gamma: must be >= 0, got {0}")]
+    Gamma(f64),
 }
 
 /// MoCo's contrastive loss for L2-normalised queries `q [B, D]`, their keys `k [B, D]` and

@@ -171,8 +171,7 @@ impl<'c> RunContext<'c> {
             &display_names(&ds.classes, cfg.underscores_to_spaces),
             cfg.prompts.n_ctx,
             clip.config.text.context_length,
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let augmentation = crate::data::augment::crop_flip(
             clip.config.vision.image_size as u32,
             cfg.crop_scale_min,
@@ -251,7 +250,7 @@ impl<'c> RunContext<'c> {
     }
 
     fn read_rows(&self, path: &Path) -> anyhow::Result<Vec<PseudoLabel>> {
-        pseudo_labels::read_csv(path, self.classes()).map_err(anyhow::Error::msg)
+        Ok(pseudo_labels::read_csv(path, self.classes())?)
     }
 
     /// One Phase I model's view of all of U.
@@ -900,8 +899,7 @@ pub fn load_prompt_models(
         &display_names(classes, cfg.underscores_to_spaces),
         cfg.prompts.n_ctx,
         clip.config.text.context_length,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let plan = Plan::new(cfg);
     let layout = RunLayout::new(run_dir);
     let mut out = Vec::new();

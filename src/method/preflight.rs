@@ -39,8 +39,7 @@ pub fn check(cfg: &TrainConfig, classes: &[String], device: &Device) -> anyhow::
                 &display_names(classes, cfg.underscores_to_spaces),
                 cfg.prompts.n_ctx,
                 clip.config.text.context_length,
-            )
-            .map_err(anyhow::Error::msg)?;
+            )?;
         }
     }
     Ok(())

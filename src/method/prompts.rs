@@ -94,6 +94,23 @@ pub struct ClassPrompts {
     pub n_ctx: usize,
 }
 
+/// Why [`ClassPrompts::new`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptsError {
+    #[error(
+        "prompts.n_ctx: {n_ctx} context tokens leave no room for the class name `{class}` \
+         ({needed} tokens with it, the model's text context holds {context_length}); lower \
+         prompts.n_ctx to at most {max_n_ctx}"
+    )]
+    NoRoomForClassName {
+        n_ctx: usize,
+        class: String,
+        needed: usize,
+        context_length: usize,
+        max_n_ctx: usize,
+    },
+}
+
 impl ClassPrompts {
     /// Fails when a placeholder prompt "X .. X {class}." (n_ctx X's, plus start and end
     /// tokens) does not fit the text tower's context: the context would overwrite the class
@@ -103,19 +120,20 @@ impl ClassPrompts {
         classes: &[String],
         n_ctx: usize,
         context_length: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PromptsError> {
         let prefix = vec!["X"; n_ctx].join(" ");
         let mut ids = Vec::with_capacity(classes.len());
         for c in classes {
             let text = format!("{prefix} {}.", c.replace('_', " "));
             let needed = tokenizer.encode(&text).len() + 2;
             if needed > context_length {
-                return Err(format!(
-                    "prompts.n_ctx: {n_ctx} context tokens leave no room for the class name \
-                     `{c}` ({needed} tokens with it, the model's text context holds \
-                     {context_length}); lower prompts.n_ctx to at most {}",
-                    (n_ctx + context_length).saturating_sub(needed)
-                ));
+                return Err(PromptsError::NoRoomForClassName {
+                    n_ctx,
+                    class: c.clone(),
+                    needed,
+                    context_length,
+                    max_n_ctx: (n_ctx + context_length).saturating_sub(needed),
+                });
             }
             ids.push(tokenizer.tokenize(&text, context_length));
         }

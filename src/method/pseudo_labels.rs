@@ -1,7 +1,7 @@
 //! Pseudo-label sets as plain data you can save, load and inspect (METHOD.md step 0.3 and
 //! Phase II step 1): top-K selection per class and the collaborative filtering rule.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -294,37 +294,82 @@ pub fn write_csv(path: &Path, rows: &[PseudoLabel], classes: &[String]) -> std::
     crate::util::write_atomic(path, &bytes)
 }
 
+/// Why [`read_csv`] failed: the file, the line (1-based, the header is line 1) and what.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadCsvError {
+    #[error("{}: {error}", path.display())]
+    Open { path: PathBuf, error: csv::Error },
+    #[error("{}:{line}: {error}", path.display())]
+    Record {
+        path: PathBuf,
+        line: usize,
+        error: csv::Error,
+    },
+    #[error("{}:{line}: unknown class {name:?}", path.display())]
+    UnknownClass {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
+    #[error("{}:{line}: expected 0 or 1, found {found:?}", path.display())]
+    BadFlag {
+        path: PathBuf,
+        line: usize,
+        found: String,
+    },
+    #[error("{}:{line}: bad confidence {found:?}", path.display())]
+    BadConfidence {
+        path: PathBuf,
+        line: usize,
+        found: String,
+    },
+}
+
 /// Read a set written by [`write_csv`]; class names are mapped back to indices.
-pub fn read_csv(path: &Path, classes: &[String]) -> Result<Vec<PseudoLabel>, String> {
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let index = |s: &str, line: usize| -> Result<usize, String> {
+pub fn read_csv(path: &Path, classes: &[String]) -> Result<Vec<PseudoLabel>, ReadCsvError> {
+    let mut rdr = csv::Reader::from_path(path).map_err(|error| ReadCsvError::Open {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let index = |s: &str, line: usize| -> Result<usize, ReadCsvError> {
         classes
             .iter()
             .position(|c| c == s)
-            .ok_or_else(|| format!("{}:{line}: unknown class {s:?}", path.display()))
+            .ok_or_else(|| ReadCsvError::UnknownClass {
+                path: path.to_path_buf(),
+                line,
+                name: s.to_string(),
+            })
     };
     let mut rows = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
-        let rec = rec.map_err(|e| format!("{}:{line}: {e}", path.display()))?;
+        let rec = rec.map_err(|error| ReadCsvError::Record {
+            path: path.to_path_buf(),
+            line,
+            error,
+        })?;
         let field = |j: usize| rec.get(j).unwrap_or("");
-        let flag = |s: &str| -> Result<Option<bool>, String> {
+        let flag = |s: &str| -> Result<Option<bool>, ReadCsvError> {
             match s {
                 "" => Ok(None),
                 "1" => Ok(Some(true)),
                 "0" => Ok(Some(false)),
-                other => Err(format!(
-                    "{}:{line}: expected 0 or 1, found {other:?}",
-                    path.display()
-                )),
+                other => Err(ReadCsvError::BadFlag {
+                    path: path.to_path_buf(),
+                    line,
+                    found: other.to_string(),
+                }),
             }
         };
         rows.push(PseudoLabel {
             path: field(0).to_string(),
             label: index(field(1), line)?,
-            confidence: field(2)
-                .parse()
-                .map_err(|_| format!("{}:{line}: bad confidence {:?}", path.display(), field(2)))?,
+            confidence: field(2).parse().map_err(|_| ReadCsvError::BadConfidence {
+                path: path.to_path_buf(),
+                line,
+                found: field(2).to_string(),
+            })?,
             selected: flag(field(3))?.unwrap_or(false),
             clean: flag(field(4))?,
             true_label: match field(5) {

@@ -120,7 +120,7 @@ pub fn labeled_from_pool(
     }
     let classes = crate::method::zero_shot::read_classes(&run.join("final/classes.txt"))?;
     let pl = run.join("stage0/pseudo_labels.csv");
-    let rows = pseudo_labels::read_csv(&pl, &classes).map_err(anyhow::Error::msg)?;
+    let rows = pseudo_labels::read_csv(&pl, &classes)?;
     let rows: Vec<PseudoLabel> = rows
         .into_iter()
         .filter(|r| r.true_label.is_some())
@@ -244,7 +244,7 @@ pub fn collect_pseudo_labels(
         if head != PSEUDO_LABEL_HEADER {
             continue;
         }
-        let rows = pseudo_labels::read_csv(&p, classes).map_err(anyhow::Error::msg)?;
+        let rows = pseudo_labels::read_csv(&p, classes)?;
         out.push(PseudoLabelFile { name: rel, rows });
     }
     // The order of the pipeline: step 0 (and its rounds), Phase I, Phase II, the rest.
