@@ -113,6 +113,7 @@ fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
     }
     let device = Device::default().autodiff();
     let (clip, _) = coft::clip::weights::load_model(&s(&demo().join("model")), &device).unwrap();
+    let tokenizer = coft::clip::tokenizer::Tokenizer::new().unwrap();
     let mut starts = Vec::new();
     for round in 1..=3 {
         for m in 0..2 {
@@ -121,8 +122,11 @@ fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
             let fresh = || PromptLearner::init(&clip, 4, &cfg.prompts, 0, &device);
             let trained = coft::train::load_module(&ckpt, fresh()).unwrap();
             let seed = coft::data::loader::mix(cfg.seed, 100 + m as u64, (round - 1) as u64);
-            let init = PromptLearner::init(&clip, 4, &cfg.prompts, seed, &device);
-            let (a, b) = (host(trained.ctx_pos.val()), host(init.ctx_pos.val()));
+            let init =
+                PromptLearner::init_with_phrase(&clip, &tokenizer, 4, &cfg.prompts, seed, &device);
+            // The context starts from the phrase, so the visual prompts tell the draws apart.
+            let vpt = |l: &PromptLearner| host(l.vpt.as_ref().unwrap().val());
+            let (a, b) = (vpt(&trained), vpt(&init));
             let diff = a
                 .iter()
                 .zip(&b)
@@ -173,6 +177,69 @@ fn coft_plus_rounds_reselect_and_start_from_fresh_prompts() {
     assert!(table.contains("| ensemble |"), "{table}");
     let metrics = std::fs::read_to_string(run.join("phase2/f1/metrics.jsonl")).unwrap();
     assert!(metrics.contains("loss_cont"), "{metrics}");
+}
+
+/// `prompts.ctx_init`: at initialisation the positive prompt of every class is exactly the
+/// zero-shot prompt "a photo of a {class}." through the frozen text tower, and both contexts
+/// hold the phrase's word embeddings; "" leaves METHOD.md's random draw.
+#[test]
+fn context_init_starts_at_the_zero_shot_prompt() {
+    let device = Device::default().autodiff();
+    let (clip, _) = coft::clip::weights::load_model(&s(&demo().join("model")), &device).unwrap();
+    let tokenizer = coft::clip::tokenizer::Tokenizer::new().unwrap();
+    let classes: Vec<String> = ["blue", "green", "red", "yellow"]
+        .map(String::from)
+        .to_vec();
+    let ctx_len = clip.config.text.context_length;
+    let mut cfg = coft::method::prompts::PromptConfig {
+        n_ctx: 4,
+        vpt_tokens: 0,
+        ..Default::default()
+    };
+    assert_eq!(cfg.ctx_init, "a photo of a");
+    let prompts =
+        coft::method::prompts::ClassPrompts::new(&tokenizer, &classes, 4, ctx_len).unwrap();
+    let learner = PromptLearner::init_with_phrase(&clip, &tokenizer, 4, &cfg, 3, &device);
+    let (pos, neg) = coft::method::prompts::class_embeddings(&clip, &prompts, &learner);
+    let texts: Vec<String> = classes
+        .iter()
+        .map(|c| format!("a photo of a {c}."))
+        .collect();
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tokenizer.tokenize(t, ctx_len))
+        .collect();
+    let want = clip.encode_text(&coft::clip::text::TokenBatch::new(&ids));
+    let flat = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let (want, pos, neg) = (flat(want), flat(pos), flat(neg));
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(
+        diff(&pos, &want) < 1e-5,
+        "positive prompt: {}",
+        diff(&pos, &want)
+    );
+    assert!(
+        diff(&neg, &want) < 1e-5,
+        "negative prompt: {}",
+        diff(&neg, &want)
+    );
+    // A longer context keeps random tokens before the phrase, whose words end it.
+    cfg.n_ctx = 6;
+    let longer = PromptLearner::init_with_phrase(&clip, &tokenizer, 4, &cfg, 3, &device);
+    let random = PromptLearner::init(&clip, 4, &cfg, 3, &device);
+    let (l, r) = (host(longer.ctx_pos.val()), host(random.ctx_pos.val()));
+    let width = clip.config.text.hidden_size;
+    assert_eq!(l[..2 * width], r[..2 * width]);
+    assert_ne!(l[2 * width..], r[2 * width..]);
+    // "" is the random draw.
+    cfg.ctx_init = String::new();
+    let plain = PromptLearner::init_with_phrase(&clip, &tokenizer, 4, &cfg, 3, &device);
+    assert_eq!(host(plain.ctx_pos.val()), r);
 }
 
 #[test]
@@ -293,6 +360,67 @@ fn distillation_fine_tunes_a_different_student() {
     ] {
         assert!(table.contains(row), "{table}");
     }
+}
+
+/// Round 1's guard: a Phase I model that fits S* below `rounds_guard.min_fit` is replaced by
+/// its untrained start (the zero-shot prompt), which then labels U and is what `eval` scores,
+/// exactly as if Phase I had not moved it; the UPL-style baseline has no such guard.
+#[test]
+fn first_round_guard_falls_back_to_the_untrained_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eval = |run: &Path| {
+        coft(&[
+            "eval",
+            "--run",
+            &s(run),
+            "--data",
+            &s(&demo().join("images/test")),
+        ])
+    };
+    let row = |table: &str, name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+            .to_string()
+    };
+    let labels = |run: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(run.join("phase2/set_1.csv")).unwrap();
+        text.lines()
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect()
+    };
+    // No model fits S* perfectly in two epochs, so a min_fit of 1 makes the guard fire.
+    let guarded = tmp.path().join("guarded");
+    train(&guarded, &["--set", "rounds_guard.min_fit=1.0"]);
+    for m in 1..=2 {
+        let why = std::fs::read_to_string(guarded.join(format!("phase1/m{m}/REPLACED"))).unwrap();
+        assert!(why.contains("falls back to its untrained start"), "{why}");
+    }
+    // The same run with Phase I kept where it started (a negligible learning rate).
+    let still = tmp.path().join("still");
+    train(
+        &still,
+        &[
+            "--set",
+            "phase1.lr=1e-12",
+            "--set",
+            "rounds_guard.round1=false",
+        ],
+    );
+    assert!(!still.join("phase1/m1/REPLACED").exists());
+    assert_eq!(labels(&guarded), labels(&still));
+    let (a, b) = (eval(&guarded), eval(&still));
+    for name in ["M1", "M2", "F1", "F2"] {
+        assert_eq!(row(&a, name), row(&b, name), "{a}\n{b}");
+    }
+    // UPL-style keeps its model whatever its fit.
+    let upl = tmp.path().join("upl");
+    train(
+        &upl,
+        &["--method", "upl", "--set", "rounds_guard.min_fit=1.0"],
+    );
+    assert!(!upl.join("phase1/m1/REPLACED").exists());
 }
 
 #[test]

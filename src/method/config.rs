@@ -156,10 +156,16 @@ impl Default for TrainConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoundsGuard {
     pub enabled: bool,
-    /// Least training accuracy on its own selection (last epoch) a new round's model needs.
+    /// Least training accuracy on its own selection (the mean of the last tenth of its
+    /// epochs) a new round's model needs.
     pub min_fit: f64,
     /// Most it may fit worse than the previous round's model fitted its own set.
     pub max_drop: f64,
+    /// Round 1 too (CoFT, CoFT+, oracle-PEFT; not the UPL-style baseline): a model that fits
+    /// S* below `min_fit` falls back to its untrained start, which `prompts.ctx_init` makes
+    /// the zero-shot prompt. A selection too noisy to fit teaches prompt tuning the zero-shot
+    /// model's confident mistakes (docs/method.md, shapes6).
+    pub round1: bool,
 }
 
 impl Default for RoundsGuard {
@@ -168,6 +174,7 @@ impl Default for RoundsGuard {
             enabled: true,
             min_fit: 0.7,
             max_drop: 0.15,
+            round1: true,
         }
     }
 }

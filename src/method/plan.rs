@@ -57,6 +57,9 @@ pub struct Plan {
     /// The heads start at the Phase I models' prompt classifiers (else at the fine-tuned
     /// model's own zero-shot classifier: baselines without prompts, distillation).
     pub head_from_prompts: bool,
+    /// Round 1's guard: a Phase I model that cannot fit S* falls back to its untrained start
+    /// (the zero-shot prompt). Not for the UPL-style baseline, which has no such check.
+    pub guard_round1: bool,
 }
 
 impl Plan {
@@ -100,6 +103,11 @@ impl Plan {
             moco: cfg.moco_enabled(),
             teacher: cfg.teacher_model.clone(),
             head_from_prompts: models > 0 && cfg.teacher_model.is_none(),
+            guard_round1: models > 0
+                && m != Method::Upl
+                && cfg.rounds_guard.enabled
+                && cfg.rounds_guard.round1
+                && !cfg.prompts.ctx_init.trim().is_empty(),
         }
     }
 }
@@ -149,6 +157,12 @@ impl fmt::Display for Plan {
                     String::new()
                 }
             )?;
+            if self.guard_round1 {
+                writeln!(
+                    f,
+                    "  (a round-1 model that cannot fit S* falls back to the zero-shot prompt)"
+                )?;
+            }
         } else {
             writeln!(f, "phase I: none")?;
         }

@@ -24,7 +24,18 @@ pub struct PromptConfig {
     /// Deep VPT (new tokens at every layer) rather than shallow (first layer only).
     pub vpt_deep: bool,
     /// Standard deviation of the N(0, std) initialisation of contexts and visual prompts.
-    pub init_std: f32,
+    pub init_std: f64,
+    /// CoOp's context initialisation: both contexts start as this phrase's word embeddings
+    /// (its last `n_ctx` tokens when longer; random N(0, init_std) tokens before it when
+    /// shorter), so Phase I starts from the zero-shot prompt "a photo of a {class}." instead
+    /// of random words. "" is METHOD.md's random init.
+    #[serde(default = "default_ctx_init")]
+    pub ctx_init: String,
+}
+
+/// `prompts.ctx_init`'s default: the zero-shot template's own words (DEFAULT_TEMPLATE).
+pub fn default_ctx_init() -> String {
+    "a photo of a".to_string()
 }
 
 impl Default for PromptConfig {
@@ -35,6 +46,7 @@ impl Default for PromptConfig {
             vpt_tokens: 20,
             vpt_deep: true,
             init_std: 0.02,
+            ctx_init: default_ctx_init(),
         }
     }
 }
@@ -49,7 +61,48 @@ pub struct PromptLearner {
 }
 
 impl PromptLearner {
-    /// Fresh parameters from `seed` (METHOD.md: N(0, 0.02)).
+    /// Fresh parameters from `seed`, the contexts from `cfg.ctx_init` (tokenised by
+    /// `tokenizer`) where it is set. The random draws are the same either way, so the visual
+    /// prompts of a seed do not depend on the phrase.
+    pub fn init_with_phrase(
+        clip: &Clip,
+        tokenizer: &Tokenizer,
+        num_classes: usize,
+        cfg: &PromptConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut learner = Self::init(clip, num_classes, cfg, seed, device);
+        let phrase = phrase_ids(tokenizer, &cfg.ctx_init, cfg.n_ctx);
+        if phrase.is_empty() {
+            return learner;
+        }
+        // Through the host: the frozen CLIP may live on another device than the learner.
+        let words: Tensor<2> = {
+            let table = clip.text.token_embedding.val();
+            let n = phrase.len();
+            let idx = TensorData::new(phrase.iter().map(|&t| t as i64).collect(), [n]);
+            let idx = Tensor::<1, burn::tensor::Int>::from_data(idx, &table.device());
+            Tensor::from_data(table.select(0, idx).into_data(), device)
+        };
+        let place = |p: &Param<Tensor<3>>| {
+            let t = p.val().detach();
+            let [g, m, d] = t.dims();
+            let n = words.dims()[0];
+            let w = words.clone().unsqueeze_dim::<3>(0).expand([g, n, d]);
+            let t = match m - n {
+                0 => w,
+                rest => Tensor::cat(vec![t.narrow(1, 0, rest), w], 1),
+            };
+            // A fresh leaf (autodiff tracks only leaves it created from data).
+            Param::from_tensor(Tensor::from_data(t.into_data(), device).require_grad())
+        };
+        learner.ctx_pos = place(&learner.ctx_pos);
+        learner.ctx_neg = place(&learner.ctx_neg);
+        learner
+    }
+
+    /// Fresh random parameters from `seed` (METHOD.md: N(0, 0.02)).
     pub fn init(
         clip: &Clip,
         num_classes: usize,
@@ -60,7 +113,9 @@ impl PromptLearner {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut make = |shape: [usize; 3]| {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| normal(&mut rng) * cfg.init_std).collect();
+            let data: Vec<f32> = (0..n)
+                .map(|_| normal(&mut rng) * cfg.init_std as f32)
+                .collect();
             Param::from_tensor(
                 Tensor::from_data(TensorData::new(data, shape), device).require_grad(),
             )
@@ -83,6 +138,14 @@ impl PromptLearner {
             vpt,
         }
     }
+}
+
+/// The token ids `prompts.ctx_init` puts in the context: the phrase's last `n_ctx` tokens
+/// (a short text tower caps `n_ctx` below the phrase's length; its end, "of a", is what
+/// joins the class name).
+pub fn phrase_ids(tokenizer: &Tokenizer, phrase: &str, n_ctx: usize) -> Vec<u32> {
+    let ids = tokenizer.encode(phrase.trim());
+    ids[ids.len().saturating_sub(n_ctx)..].to_vec()
 }
 
 /// The placeholder prompts "X X .. X {class}." of every class, tokenised once.
