@@ -17,19 +17,32 @@
 //! An exported folder holds `coft_classifier.json` (format, preprocessing, vision tower
 //! shape, the ensemble's weight files), `classes.txt` and `f1.safetensors` / `f2.safetensors`
 //! (image encoder + linear head each, as `final/` of the run).
+//!
+//! The Hugging Face form ([`export_run_hf`], `coft export --format hf`) is for tools that do
+//! not know coft: `ensemble.json`, `classes.txt` and one folder per member (`f1/`, `f2/`),
+//! each a `transformers` `CLIPVisionModelWithProjection` (`config.json`, `model.safetensors`,
+//! `preprocessor_config.json`) with the linear head beside it (`head.safetensors`: `weight`
+//! `[C, D]`, `bias` `[C]`, PyTorch's `nn.Linear` layout). A member's logits are
+//! `head(image_embeds / ||image_embeds||)`; the prediction is the mean of the members'
+//! softmax. [`Classifier::load`] reads both forms.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::clip::config::{Activation, ClipConfig, TextConfig, VisionConfig};
-use crate::clip::preprocess::{preprocess_into, PreprocessConfig};
+use crate::clip::preprocess::{preprocess_into, PreprocessConfig, CLIP_MEAN, CLIP_STD};
 use crate::clip::vision::VisionTower;
-use crate::clip::weights::{build_clip, hf_specs, HostTensor, TensorMap};
+use crate::clip::weights::{
+    build_clip, hf_specs, linear_to_hf, load_hf_vision, read_safetensors, vision_to_hf,
+    write_safetensors_pt, HostTensor, TensorMap,
+};
 use crate::data::decode::{decode_rgb, DecodeLimits};
 use crate::data::loader::Skipped;
 use crate::infer::{embed_images_with, to_vec, InferOptions};
@@ -41,6 +54,39 @@ pub const EXPORT_FILE: &str = "coft_classifier.json";
 pub const EXPORT_FORMAT: &str = "coft-classifier";
 /// The version this build writes and reads.
 pub const EXPORT_VERSION: u32 = 1;
+
+/// File name of the Hugging Face export's description ([`HfExport`]).
+pub const HF_EXPORT_FILE: &str = "ensemble.json";
+/// The `format` value of [`HfExport`].
+pub const HF_EXPORT_FORMAT: &str = "coft-hf-ensemble";
+/// File name of each member's linear head in the Hugging Face export.
+pub const HF_HEAD_FILE: &str = "head.safetensors";
+/// What a member's head reads, in words (written to `ensemble.json`).
+pub const HF_HEAD_INPUT: &str =
+    "image_embeds of CLIPVisionModelWithProjection, L2-normalised (x / ||x||)";
+/// How the members combine, in words (written to `ensemble.json`).
+pub const HF_COMBINE: &str = "mean over members of softmax(head(input)); columns in classes order";
+
+/// What `ensemble.json` of a Hugging Face export holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HfExport {
+    /// Always `coft-hf-ensemble`.
+    pub format: String,
+    pub version: u32,
+    /// Class names file (one per line, in the order of the head's rows).
+    pub classes: String,
+    /// The members' folders, each a `CLIPVisionModelWithProjection` folder with
+    /// [`HF_HEAD_FILE`] beside its weights.
+    pub members: Vec<String>,
+    /// The head's file name inside each member folder.
+    pub head: String,
+    /// [`HF_HEAD_INPUT`].
+    pub head_input: String,
+    /// [`HF_COMBINE`].
+    pub combine: String,
+    pub source: ExportSource,
+}
 
 /// What `coft_classifier.json` holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,9 +212,13 @@ impl Classifier {
     /// Load an exported classifier folder on `device`.
     pub fn load_on(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let desc = dir.join(EXPORT_FILE);
+        if !desc.is_file() && dir.join(HF_EXPORT_FILE).is_file() {
+            return Self::load_hf(dir, device);
+        }
         let text = std::fs::read_to_string(&desc).with_context(|| {
             format!(
-                "reading {} (is {} a folder written by `coft export`?)",
+                "reading {} (is {} a folder written by `coft export`? it has neither \
+                 {EXPORT_FILE} nor {HF_EXPORT_FILE})",
                 desc.display(),
                 dir.display()
             )
@@ -232,6 +282,68 @@ impl Classifier {
                 mean: cfg.preprocess.mean,
                 std: cfg.preprocess.std,
             },
+            device: device.clone(),
+            batch_size: 32,
+        })
+    }
+
+    /// Load a Hugging Face export ([`export_run_hf`]): each member through coft's loader of
+    /// `CLIPVisionModelWithProjection` folders ([`load_hf_vision`]), its head from
+    /// `head.safetensors`, the preprocessing from its `preprocessor_config.json`.
+    fn load_hf(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let desc = dir.join(HF_EXPORT_FILE);
+        let text = std::fs::read_to_string(&desc)
+            .with_context(|| format!("reading {}", desc.display()))?;
+        let cfg: HfExport = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid export description", desc.display()))?;
+        if cfg.format != HF_EXPORT_FORMAT {
+            bail!(
+                "{}: format is {:?}, expected {HF_EXPORT_FORMAT:?}",
+                desc.display(),
+                cfg.format
+            );
+        }
+        if cfg.version != EXPORT_VERSION {
+            bail!(
+                "{}: version {} is not supported by this coft (reads version {EXPORT_VERSION})",
+                desc.display(),
+                cfg.version
+            );
+        }
+        if cfg.members.is_empty() {
+            bail!("{}: members: the ensemble is empty", desc.display());
+        }
+        let classes = crate::method::zero_shot::read_classes(&dir.join(&cfg.classes))?;
+        let mut models = Vec::new();
+        let mut preprocess: Option<PreprocessConfig> = None;
+        for member in &cfg.members {
+            let mdir = dir.join(member);
+            let (vision, d) = load_hf_vision(&mdir, device)?;
+            let pp_path = mdir.join(HF_PREPROCESSOR_FILE);
+            let pp = read_hf_preprocessor(&pp_path, vision.config.image_size)?;
+            match preprocess {
+                Some(p) if p != pp => bail!(
+                    "{}: the preprocessing differs from the first member's",
+                    pp_path.display()
+                ),
+                _ => preprocess = Some(pp),
+            }
+            let head_path = mdir.join(&cfg.head);
+            let head = read_hf_head(&head_path, classes.len(), d, device)?;
+            models.push(phase2::Classifier { vision, head });
+        }
+        let preprocess = preprocess.expect("at least one member");
+        tracing::debug!(
+            dir = %dir.display(),
+            classes = classes.len(),
+            members = models.len(),
+            image_size = preprocess.image_size,
+            "Hugging Face classifier loaded"
+        );
+        Ok(Self {
+            classes,
+            models,
+            preprocess,
             device: device.clone(),
             batch_size: 32,
         })
@@ -529,5 +641,202 @@ pub fn export_run(run: &Path, out: &Path, device: &Device) -> anyhow::Result<Exp
     let path = out.join(EXPORT_FILE);
     crate::util::write_atomic(&path, json.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(desc)
+}
+
+/// `OPENAI_CLIP_MEAN` and `OPENAI_CLIP_STD` of `transformers.image_utils` (coft's
+/// [`CLIP_MEAN`] and [`CLIP_STD`] are these rounded to f32).
+const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// File name of the image processor's config in each member folder of the Hugging Face export.
+pub const HF_PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+/// The `preprocessor_config.json` of `transformers`' `CLIPImageProcessor` that reproduces
+/// coft's preprocessing: shorter side to `S` with bicubic resampling (`resample: 3`), centre
+/// crop `S`x`S`, `x / 255`, then `(x - mean) / std`.
+pub fn hf_preprocessor_json(p: &PreprocessConfig) -> serde_json::Value {
+    // OpenAI's constants as OpenAI's configs spell them; any other f32 as its shortest
+    // decimal. Either reads back (in Python too) to the same f32.
+    let list = |v: [f32; 3]| -> Vec<f64> {
+        if v == CLIP_MEAN {
+            return OPENAI_CLIP_MEAN.to_vec();
+        }
+        if v == CLIP_STD {
+            return OPENAI_CLIP_STD.to_vec();
+        }
+        v.iter()
+            .map(|x| x.to_string().parse::<f64>().unwrap_or(f64::from(*x)))
+            .collect()
+    };
+    let s = p.image_size;
+    serde_json::json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": s},
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": {"height": s, "width": s},
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+        "do_convert_rgb": true,
+    })
+}
+
+/// Read back a `preprocessor_config.json` [`hf_preprocessor_json`] wrote; anything coft's
+/// preprocessing cannot do (another resize, no crop, other scaling) is an error naming it.
+fn read_hf_preprocessor(path: &Path, image_size: usize) -> anyhow::Result<PreprocessConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let bad =
+        |what: &str| anyhow::anyhow!("{}: {what} (coft supports {RESIZE_MODE})", path.display());
+    let flag = |k: &str| v.get(k).and_then(serde_json::Value::as_bool) == Some(true);
+    for k in ["do_resize", "do_center_crop", "do_rescale", "do_normalize"] {
+        if !flag(k) {
+            return Err(bad(&format!("{k} must be true")));
+        }
+    }
+    let int = |p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
+    if int("/resample") != Some(3) {
+        return Err(bad("resample must be 3 (bicubic)"));
+    }
+    let s = image_size as u64;
+    for p in [
+        "/size/shortest_edge",
+        "/crop_size/height",
+        "/crop_size/width",
+    ] {
+        if int(p) != Some(s) {
+            return Err(bad(&format!(
+                "{} must be {s}, the model's image_size",
+                &p[1..].replace('/', ".")
+            )));
+        }
+    }
+    let factor = v.get("rescale_factor").and_then(serde_json::Value::as_f64);
+    if factor != Some(1.0 / 255.0) {
+        return Err(bad("rescale_factor must be 1/255"));
+    }
+    let triple = |k: &str| -> anyhow::Result<[f32; 3]> {
+        let a = v
+            .get(k)
+            .and_then(serde_json::Value::as_array)
+            .filter(|a| a.len() == 3)
+            .ok_or_else(|| bad(&format!("{k} must be a list of 3 numbers")))?;
+        let mut out = [0f32; 3];
+        for (o, x) in out.iter_mut().zip(a) {
+            *o = x
+                .as_f64()
+                .ok_or_else(|| bad(&format!("{k} must be a list of 3 numbers")))?
+                as f32;
+        }
+        Ok(out)
+    };
+    Ok(PreprocessConfig {
+        image_size: image_size as u32,
+        mean: triple("image_mean")?,
+        std: triple("image_std")?,
+    })
+}
+
+/// A member's head from `head.safetensors` (`weight [C, D]`, `bias [C]`).
+fn read_hf_head(path: &Path, c: usize, d: usize, device: &Device) -> anyhow::Result<Linear> {
+    let mut map = read_safetensors(path)?;
+    let mut take = |k: &str, shape: &[usize]| -> anyhow::Result<HostTensor> {
+        let t = map
+            .remove(k)
+            .with_context(|| format!("{}: no tensor {k:?}", path.display()))?;
+        if t.shape != shape {
+            bail!(
+                "{}: {k} has shape {:?}, expected {shape:?} ({c} classes, embedding width {d})",
+                path.display(),
+                t.shape
+            );
+        }
+        Ok(t)
+    };
+    let w = take("weight", &[c, d])?;
+    let b = take("bias", &[c])?;
+    if let Some(k) = map.keys().next() {
+        bail!("{}: unexpected tensor {k:?}", path.display());
+    }
+    // [C, D] -> burn's [D, C] (input-major), as training stores it.
+    let mut wt = vec![0f32; c * d];
+    for i in 0..c {
+        for j in 0..d {
+            wt[j * c + i] = w.data[i * d + j];
+        }
+    }
+    Ok(Linear {
+        weight: Param::from_tensor(Tensor::from_data(TensorData::new(wt, [d, c]), device)),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b.data, [c]),
+            device,
+        ))),
+    })
+}
+
+/// Write a finished run's classifier in the Hugging Face form (see the module doc) to `out`
+/// (created if needed): `ensemble.json`, `classes.txt`, and per member `f<i>/` with
+/// `config.json`, `model.safetensors`, `preprocessor_config.json` and `head.safetensors`.
+/// The weights are the run's, re-laid-out for PyTorch; [`Classifier::load`] reads them back
+/// to the same bits.
+pub fn export_run_hf(run: &Path, out: &Path, device: &Device) -> anyhow::Result<HfExport> {
+    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let clf = Classifier::from_run(run, device)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let write_json = |path: &Path, v: &serde_json::Value| -> anyhow::Result<()> {
+        let mut text = serde_json::to_string_pretty(v)?;
+        text.push('\n');
+        crate::util::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let mut members = Vec::new();
+    for (i, m) in clf.models.iter().enumerate() {
+        let name = format!("f{}", i + 1);
+        let dir = out.join(&name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = m.vision.projection.val().dims()[1];
+        write_safetensors_pt(&dir.join("model.safetensors"), &vision_to_hf(&m.vision))?;
+        write_json(
+            &dir.join("config.json"),
+            &m.vision.config.to_hf_vision_json(d),
+        )?;
+        write_json(
+            &dir.join(HF_PREPROCESSOR_FILE),
+            &hf_preprocessor_json(&clf.preprocess),
+        )?;
+        let (w, b) = linear_to_hf(&m.head);
+        let mut head = TensorMap::new();
+        head.insert("weight".into(), w);
+        head.insert("bias".into(), b.context("the classifier head has no bias")?);
+        write_safetensors_pt(&dir.join(HF_HEAD_FILE), &head)?;
+        members.push(name);
+    }
+    let mut names = clf.classes.join("\n");
+    names.push('\n');
+    let classes_path = out.join("classes.txt");
+    crate::util::write_atomic(&classes_path, names.as_bytes())
+        .with_context(|| format!("writing {}", classes_path.display()))?;
+    let desc = HfExport {
+        format: HF_EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        classes: "classes.txt".into(),
+        members,
+        head: HF_HEAD_FILE.into(),
+        head_input: HF_HEAD_INPUT.into(),
+        combine: HF_COMBINE.into(),
+        source: ExportSource {
+            run: run.display().to_string(),
+            model: cfg.model.clone(),
+            data: cfg.data.clone(),
+        },
+    };
+    write_json(&out.join(HF_EXPORT_FILE), &serde_json::to_value(&desc)?)?;
     Ok(desc)
 }

@@ -542,3 +542,137 @@ fn quiet_verbose_and_plain_progress_off_a_terminal() {
         "{verbose}"
     );
 }
+
+/// A run on unlabeled data (`unlabeled:DIR?classes=FILE`; the demo's CLIP, 4 classes x 8
+/// synthetic images, no shared data needed): no accuracy, but the predictions with their
+/// confidence — images per predicted class, and each class's most and least confident
+/// images, at most `--max-images` — in a page that renders cleanly.
+#[test]
+fn unlabeled_run_report_shows_predictions_with_confidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_shapes(&dir.path().join("u"), 8, 5, 0.3, 20);
+    let classes = dir.path().join("classes.txt");
+    std::fs::write(&classes, "red\ngreen\nblue\nyellow\n").unwrap();
+    let run = dir.path().join("run");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/model");
+    ok(&coft()
+        .args(["-q", "train", "--model", model.to_str().unwrap()])
+        .arg("--data")
+        .arg(format!(
+            "unlabeled:{}?classes={}",
+            data.display(),
+            classes.display()
+        ))
+        .args(["--out", run.to_str().unwrap(), "--k", "4", "--threads", "2"])
+        .args(["--set", "phase1.min_steps=0", "--set", "phase1.epochs=2"])
+        .args(["--set", "phase2.epochs=2", "--set", "prompts.n_ctx=4"])
+        .args([
+            "--set",
+            "prompts.vpt_tokens=2",
+            "--set",
+            "phase1.batch_size=4",
+        ])
+        .args(["--set", "phase2.batch_size=8"])
+        .output()
+        .unwrap());
+    let page = dir.path().join("report.html");
+    let o = coft()
+        .args(["report", run.to_str().unwrap(), "--max-images", "12"])
+        .args(["--out", page.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("predicting U: 32/32 images"), "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for needle in [
+        "The data has no labels, so there is no accuracy",
+        "Predicted on the 32 training images of the run (the unlabeled pool U",
+        "<svg id=\"plot-predicted-classes\"",
+        "id=\"predicted-classes\"",
+        "<th>mean confidence (%)</th>",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+    assert!(!html.contains("plot-confusion") && !html.contains("plot-precision"));
+
+    // What the grid must hold, from `coft predict` on the same images: per predicted class (in
+    // classes.txt order) at most 12 / 4 = 3 images, the ceil half most confident first, then
+    // the rest least confident first.
+    let csv = ok(&coft()
+        .args(["-q", "predict", "--run", run.to_str().unwrap()])
+        .args(["--images", data.to_str().unwrap(), "--out", "-"])
+        .output()
+        .unwrap());
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("path,pred,red,green,blue,yellow"));
+    let names = ["red", "green", "blue", "yellow"];
+    let mut by_class: Vec<Vec<(f32, String)>> = vec![Vec::new(); 4];
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let k = names.iter().position(|n| *n == f[1]).unwrap();
+        let conf: f32 = f[2 + k].parse().unwrap();
+        by_class[k].push((conf, data.join(f[0]).display().to_string()));
+    }
+    let mut expected = Vec::new();
+    for (k, items) in by_class.iter_mut().enumerate() {
+        items.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        assert!(
+            html.contains(&format!(
+                "<tr><td>{}</td><td>{}</td>",
+                names[k],
+                items.len()
+            )),
+            "{}: {} images",
+            names[k],
+            items.len()
+        );
+        let take = items.len().min(3);
+        let most = take.div_ceil(2);
+        for (_, p) in &items[..most] {
+            expected.push(("most", p.clone()));
+        }
+        for (_, p) in items[items.len() - (take - most)..].iter().rev() {
+            expected.push(("least", p.clone()));
+        }
+    }
+    assert!(!expected.is_empty() && expected.len() <= 12);
+    let figures: Vec<(&str, String)> = html
+        .match_indices("<figure class=\"")
+        .map(|(i, _)| {
+            let rest = &html[i + "<figure class=\"".len()..];
+            let kind = &rest[..rest.find('"').unwrap()];
+            let t = rest.find("title=\"").unwrap() + "title=\"".len();
+            let title = &rest[t..t + rest[t..].find('"').unwrap()];
+            (kind, title.to_string())
+        })
+        .collect();
+    assert_eq!(
+        figures
+            .iter()
+            .map(|(k, p)| (*k, p.as_str()))
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|(k, p)| (*k, p.as_str()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        html.matches("confident<br>zero-shot: ").count(),
+        expected.len()
+    );
+
+    // It renders: every plot laid out, every thumbnail decoded, no console message.
+    let (dom, console) = load_in_chromium(&page, &["--dump-dom"]);
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains("id=\"report-ok\""),
+        "the page's own check did not pass"
+    );
+    // Training curves of both phases, the set sizes, the predicted classes.
+    assert!(dom.contains("data-plots=\"6\""), "plots");
+    assert_eq!(
+        dom.matches("src=\"data:image/jpeg;base64,").count(),
+        expected.len()
+    );
+}

@@ -1,5 +1,6 @@
 //! `coft predict` (a run's or an exported classifier on images from a folder, a CSV or
-//! stdin) and `coft export` (a run's classifier as a standalone folder).
+//! stdin) and `coft export` (a run's classifier as a standalone folder, coft's own or
+//! Hugging Face's).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ pub struct PredictArgs {
     /// A finished run directory (its `final/` classifier).
     #[arg(long)]
     run: Option<PathBuf>,
-    /// A classifier folder written by `coft export`.
+    /// A classifier folder written by `coft export` (either `--format`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Images: a folder (scanned recursively, sorted), a CSV file with a `path` column
@@ -199,6 +200,15 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// coft's own folder: `coft_classifier.json`, `classes.txt`, `f1.safetensors`, ...
+    Coft,
+    /// Hugging Face: `ensemble.json`, `classes.txt` and one `CLIPVisionModelWithProjection`
+    /// folder per member (`f1/`, ...) with its `head.safetensors`, for `transformers`.
+    Hf,
+}
+
 #[derive(ClapArgs, Debug)]
 pub struct ExportArgs {
     /// A finished run directory.
@@ -207,12 +217,28 @@ pub struct ExportArgs {
     /// replaced).
     #[arg(long)]
     out: PathBuf,
+    /// What to write; `coft predict --model` and `coft::Classifier::load` read both.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Coft)]
+    format: ExportFormat,
     #[arg(long, value_enum, default_value_t = common::DeviceKind::Cpu)]
     device: common::DeviceKind,
 }
 
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let device = common::device(a.device)?;
+    if a.format == ExportFormat::Hf {
+        let desc = coft::classifier::export_run_hf(&a.run, &a.out, &device)?;
+        say!(
+            "exported {} classes, {} models as Hugging Face CLIPVisionModelWithProjection folders ({}) with their heads to {}",
+            std::fs::read_to_string(a.out.join(&desc.classes))
+                .map(|t| t.lines().count())
+                .unwrap_or(0),
+            desc.members.len(),
+            desc.members.join(", "),
+            a.out.display()
+        );
+        return Ok(());
+    }
     let desc = coft::classifier::export_run(&a.run, &a.out, &device)?;
     say!(
         "exported {} classes, {} models ({}x{} input; ViT: {} layers, width {}, patch {}) to {}",

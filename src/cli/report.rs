@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use coft::report::{self, Labeled, ReportOptions};
+use coft::report::{self, Labeled, Pool, ReportOptions, Unlabeled};
 
 use super::common::{self, Progress, RunOpts};
 
@@ -37,56 +37,64 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             config.display()
         );
     }
-    let (labeled, note): (Option<Labeled>, Option<String>) = match &a.data {
-        Some(spec_text) => {
-            let spec: coft::data::source::DataSpec = spec_text
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--data: {e}"))?;
-            let ds = spec
-                .load()
-                .with_context(|| format!("loading --data {spec_text}"))?;
-            let (_, test) = coft::method::pipeline::split_data(&ds);
-            let on_test = test.is_some();
-            let eval_set = test.unwrap_or(ds);
-            let ev = common::evaluate_run_with_progress(
-                &a.run,
-                &eval_set,
-                a.opts.batch_size,
-                &device,
-                a.opts.strict,
-            )?;
-            let source = format!(
-                "the {} labeled images of {spec_text}{}",
-                ev.truth.len(),
-                if on_test { " (its test split)" } else { "" }
-            );
-            (Some(Labeled::from_evaluation(&ev, source)), None)
-        }
-        None => {
-            let mut bar: Option<Progress> = None;
-            let r = report::labeled_from_pool(
-                &a.run,
-                &device,
-                a.opts.batch_size,
-                &mut |done, total| {
-                    bar.get_or_insert_with(|| Progress::new("predicting U", total))
-                        .set(done)
-                },
-            )?;
-            if let Some(p) = bar.take() {
-                p.finish();
+    let (labeled, unlabeled, note): (Option<Labeled>, Option<Unlabeled>, Option<String>) =
+        match &a.data {
+            Some(spec_text) => {
+                let spec: coft::data::source::DataSpec = spec_text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--data: {e}"))?;
+                let ds = spec
+                    .load()
+                    .with_context(|| format!("loading --data {spec_text}"))?;
+                let (_, test) = coft::method::pipeline::split_data(&ds);
+                let on_test = test.is_some();
+                let eval_set = test.unwrap_or(ds);
+                let ev = common::evaluate_run_with_progress(
+                    &a.run,
+                    &eval_set,
+                    a.opts.batch_size,
+                    &device,
+                    a.opts.strict,
+                )?;
+                let source = format!(
+                    "the {} labeled images of {spec_text}{}",
+                    ev.truth.len(),
+                    if on_test { " (its test split)" } else { "" }
+                );
+                (Some(Labeled::from_evaluation(&ev, source)), None, None)
             }
-            match r {
-                Ok(l) => (Some(l), None),
-                Err(why) => (None, Some(why)),
+            None => {
+                let mut bar: Option<Progress> = None;
+                let r = report::pool_predictions(
+                    &a.run,
+                    &device,
+                    a.opts.batch_size,
+                    &mut |done, total| {
+                        bar.get_or_insert_with(|| Progress::new("predicting U", total))
+                            .set(done)
+                    },
+                )?;
+                if let Some(p) = bar.take() {
+                    p.finish();
+                }
+                match r {
+                    Pool::Labeled(l) => (Some(l), None, None),
+                    Pool::Unlabeled(u) => (None, Some(u), None),
+                    Pool::Missing(why) => (None, None, Some(why)),
+                }
             }
-        }
-    };
+        };
     let opts = ReportOptions {
         max_images: a.max_images,
         ..ReportOptions::default()
     };
-    let html = report::render(&a.run, labeled.as_ref(), note.as_deref(), &opts)?;
+    let html = report::render(
+        &a.run,
+        labeled.as_ref(),
+        unlabeled.as_ref(),
+        note.as_deref(),
+        &opts,
+    )?;
     let out = a.out.unwrap_or_else(|| a.run.join("report.html"));
     coft::util::write_atomic(&out, html.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;

@@ -60,6 +60,78 @@ impl VisionConfig {
     pub fn num_positions(&self) -> usize {
         self.grid() * self.grid() + 1
     }
+
+    /// Check the divisibility constraints the image tower relies on.
+    pub fn validate(&self) -> Result<(), ClipError> {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
+            return Err(ClipError::Config(format!(
+                "vision hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_heads
+            )));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(ClipError::Config(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parse the `config.json` of a Hugging Face `CLIPVisionModelWithProjection`
+    /// (`model_type: clip_vision_model`, the vision fields at the top level); missing fields
+    /// take transformers' defaults. Returns the tower's shape and `projection_dim`.
+    pub fn from_hf_vision_json(json: &str) -> Result<(Self, usize), ClipError> {
+        let raw: HfVisionFile =
+            serde_json::from_str(json).map_err(|e| ClipError::Config(e.to_string()))?;
+        match raw.model_type.as_deref() {
+            Some("clip_vision_model") | None => {}
+            Some(other) => {
+                return Err(ClipError::Config(format!(
+                    "model_type is {other:?}, expected \"clip_vision_model\" (a CLIPVisionModelWithProjection folder)"
+                )))
+            }
+        }
+        let v = raw.tower;
+        let cfg = Self {
+            hidden_size: v.hidden_size.unwrap_or(768),
+            intermediate_size: v.intermediate_size.unwrap_or(3072),
+            num_layers: v.num_hidden_layers.unwrap_or(12),
+            num_heads: v.num_attention_heads.unwrap_or(12),
+            image_size: v.image_size.unwrap_or(224),
+            patch_size: v.patch_size.unwrap_or(32),
+            activation: Activation::from_hf(v.hidden_act.as_deref().unwrap_or("quick_gelu"))?,
+            layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-5),
+        };
+        cfg.validate()?;
+        Ok((cfg, raw.projection_dim.unwrap_or(512)))
+    }
+
+    /// The `config.json` of a Hugging Face `CLIPVisionModelWithProjection` of this shape
+    /// (what [`VisionConfig::from_hf_vision_json`] reads back).
+    pub fn to_hf_vision_json(&self, projection_dim: usize) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["CLIPVisionModelWithProjection"],
+            "model_type": "clip_vision_model",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_channels": 3,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "hidden_act": match self.activation {
+                Activation::QuickGelu => "quick_gelu",
+                Activation::Gelu => "gelu",
+            },
+            "layer_norm_eps": self.layer_norm_eps,
+            "projection_dim": projection_dim,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "initializer_factor": 1.0,
+            "dtype": "float32",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,25 +256,13 @@ impl ClipConfig {
 
     /// Check the divisibility constraints the towers rely on.
     pub fn validate(&self) -> Result<(), ClipError> {
-        let v = &self.vision;
+        self.vision.validate()?;
         let t = &self.text;
         let bad = |m: String| Err(ClipError::Config(m));
-        if !v.hidden_size.is_multiple_of(v.num_heads) {
-            return bad(format!(
-                "vision hidden_size {} is not divisible by num_attention_heads {}",
-                v.hidden_size, v.num_heads
-            ));
-        }
         if !t.hidden_size.is_multiple_of(t.num_heads) {
             return bad(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_heads
-            ));
-        }
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
-            return bad(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
             ));
         }
         if t.context_length < 3 {
@@ -227,6 +287,15 @@ struct HfTower {
     layer_norm_eps: Option<f64>,
     image_size: Option<usize>,
     patch_size: Option<usize>,
+}
+
+/// A `CLIPVisionModelWithProjection` config: the vision fields at the top level.
+#[derive(Deserialize)]
+struct HfVisionFile {
+    model_type: Option<String>,
+    projection_dim: Option<usize>,
+    #[serde(flatten)]
+    tower: HfTower,
 }
 
 #[derive(Deserialize)]

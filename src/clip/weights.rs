@@ -90,6 +90,21 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, ClipError> {
 
 /// Write tensors as f32 safetensors, atomically (temp file + rename).
 pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), ClipError> {
+    write_safetensors_meta(path, map, None)
+}
+
+/// [`write_safetensors`] with `{"format": "pt"}` in the header, as PyTorch's
+/// `save_pretrained` writes it (what `transformers` expects of a model folder).
+pub fn write_safetensors_pt(path: &Path, map: &TensorMap) -> Result<(), ClipError> {
+    let meta = [("format".to_string(), "pt".to_string())].into();
+    write_safetensors_meta(path, map, Some(meta))
+}
+
+fn write_safetensors_meta(
+    path: &Path,
+    map: &TensorMap,
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), ClipError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = map
         .iter()
         .map(|(k, t)| {
@@ -105,7 +120,7 @@ pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), ClipError> 
                 .map_err(|e| ClipError::Config(format!("tensor {k}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let out = safetensors::serialize(views, None)
+    let out = safetensors::serialize(views, meta)
         .map_err(|e| ClipError::Config(format!("serialising {}: {e}", path.display())))?;
     crate::util::write_atomic(path, &out).map_err(|e| ClipError::io(path, e))
 }
@@ -523,6 +538,59 @@ impl Taker {
         })
     }
 
+    /// The image tower's tensors (`vision_model.*`, `visual_projection.weight`).
+    fn vision(
+        &mut self,
+        v: &VisionConfig,
+        projection_dim: usize,
+        device: &Device,
+    ) -> Result<VisionTower, ClipError> {
+        let (vd, p) = (v.hidden_size, v.patch_size);
+        let patch = self.take(
+            "vision_model.embeddings.patch_embedding.weight",
+            &[vd, 3, p, p],
+        )?;
+        let patch = HostTensor::new(vec![vd, 3 * p * p], patch.data).transposed();
+        Ok(VisionTower {
+            patch_embed: Param::from_tensor(patch.to_device(device)),
+            class_embedding: Param::from_tensor(self.vec(
+                "vision_model.embeddings.class_embedding",
+                vd,
+                device,
+            )?),
+            position_embedding: Param::from_tensor(
+                self.take(
+                    "vision_model.embeddings.position_embedding.weight",
+                    &[v.num_positions(), vd],
+                )?
+                .to_device(device),
+            ),
+            ln_pre: self.layer_norm("vision_model.pre_layrnorm", vd, v.layer_norm_eps, device)?,
+            layers: self.blocks(
+                "vision_model",
+                vd,
+                v.intermediate_size,
+                v.num_layers,
+                v.num_heads,
+                v.activation,
+                v.layer_norm_eps,
+                device,
+            )?,
+            ln_post: self.layer_norm(
+                "vision_model.post_layernorm",
+                vd,
+                v.layer_norm_eps,
+                device,
+            )?,
+            projection: Param::from_tensor(
+                self.take("visual_projection.weight", &[projection_dim, vd])?
+                    .transposed()
+                    .to_device(device),
+            ),
+            config: v.clone(),
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn blocks(
         &mut self,
@@ -581,45 +649,8 @@ pub fn build_clip(cfg: &ClipConfig, map: TensorMap, device: &Device) -> Result<C
         map: map.into_iter().filter(|(k, _)| !is_ignored(k)).collect(),
     };
     let (t, v) = (&cfg.text, &cfg.vision);
-    let (vd, td, p) = (v.hidden_size, t.hidden_size, v.patch_size);
-    let patch = tk.take(
-        "vision_model.embeddings.patch_embedding.weight",
-        &[vd, 3, p, p],
-    )?;
-    let patch = HostTensor::new(vec![vd, 3 * p * p], patch.data).transposed();
-    let vision = VisionTower {
-        patch_embed: Param::from_tensor(patch.to_device(device)),
-        class_embedding: Param::from_tensor(tk.vec(
-            "vision_model.embeddings.class_embedding",
-            vd,
-            device,
-        )?),
-        position_embedding: Param::from_tensor(
-            tk.take(
-                "vision_model.embeddings.position_embedding.weight",
-                &[v.num_positions(), vd],
-            )?
-            .to_device(device),
-        ),
-        ln_pre: tk.layer_norm("vision_model.pre_layrnorm", vd, v.layer_norm_eps, device)?,
-        layers: tk.blocks(
-            "vision_model",
-            vd,
-            v.intermediate_size,
-            v.num_layers,
-            v.num_heads,
-            v.activation,
-            v.layer_norm_eps,
-            device,
-        )?,
-        ln_post: tk.layer_norm("vision_model.post_layernorm", vd, v.layer_norm_eps, device)?,
-        projection: Param::from_tensor(
-            tk.take("visual_projection.weight", &[cfg.projection_dim, vd])?
-                .transposed()
-                .to_device(device),
-        ),
-        config: v.clone(),
-    };
+    let td = t.hidden_size;
+    let vision = tk.vision(v, cfg.projection_dim, device)?;
     let text = TextTower {
         token_embedding: Param::from_tensor(
             tk.take(
@@ -668,107 +699,153 @@ pub fn build_clip(cfg: &ClipConfig, map: TensorMap, device: &Device) -> Result<C
 
 /// The model's weights back in Hugging Face names (for saving checkpoints).
 pub fn clip_to_hf(model: &Clip) -> TensorMap {
+    let mut m = vision_to_hf(&model.vision);
+    let t = &model.text;
+    blocks_to_hf("text_model", &t.layers, &mut m);
+    let (g, beta) = ln_to_hf(&t.ln_final);
+    m.insert("text_model.final_layer_norm.weight".into(), g);
+    if let Some(beta) = beta {
+        m.insert("text_model.final_layer_norm.bias".into(), beta);
+    }
+    m.insert(
+        "text_projection.weight".into(),
+        HostTensor::from_tensor(t.projection.val()).transposed(),
+    );
+    m.insert(
+        "text_model.embeddings.token_embedding.weight".into(),
+        HostTensor::from_tensor(t.token_embedding.val()),
+    );
+    m.insert(
+        "text_model.embeddings.position_embedding.weight".into(),
+        HostTensor::from_tensor(t.position_embedding.val()),
+    );
+    let s = HostTensor::from_tensor(model.logit_scale.val());
+    m.insert("logit_scale".into(), HostTensor::new(vec![], s.data));
+    m
+}
+
+/// An image tower's weights in the names of Hugging Face's `CLIPVisionModelWithProjection`
+/// (`vision_model.*` and `visual_projection.weight`; PyTorch layouts: linear weights
+/// `[out, in]`, q, k and v apart, the patch embedding as the `[width, 3, p, p]` convolution).
+/// [`load_hf_vision`] reads them back into the same tensors, bit for bit.
+pub fn vision_to_hf(v: &VisionTower) -> TensorMap {
     let mut m = TensorMap::new();
-    let mut put = |k: String, t: HostTensor| {
-        m.insert(k, t);
-    };
-    let lin = |l: &burn::nn::Linear| {
-        (
-            HostTensor::from_tensor(l.weight.val()).transposed(),
-            l.bias.as_ref().map(|b| HostTensor::from_tensor(b.val())),
-        )
-    };
-    let ln = |l: &burn::nn::LayerNorm| {
-        (
-            HostTensor::from_tensor(l.gamma.val()),
-            l.beta.as_ref().map(|b| HostTensor::from_tensor(b.val())),
-        )
-    };
-    let blocks = |prefix: &str, layers: &[Block], put: &mut dyn FnMut(String, HostTensor)| {
-        for (i, b) in layers.iter().enumerate() {
-            let p = format!("{prefix}.encoder.layers.{i}");
-            let (w, bias) = lin(&b.attn.qkv);
-            let d = w.shape[1];
-            for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                put(
-                    format!("{p}.self_attn.{name}.weight"),
-                    HostTensor::new(vec![d, d], w.data[j * d * d..(j + 1) * d * d].to_vec()),
-                );
-                if let Some(bias) = &bias {
-                    put(
-                        format!("{p}.self_attn.{name}.bias"),
-                        HostTensor::new(vec![d], bias.data[j * d..(j + 1) * d].to_vec()),
-                    );
-                }
-            }
-            for (name, l) in [
-                ("self_attn.out_proj", &b.attn.out),
-                ("mlp.fc1", &b.mlp.fc1),
-                ("mlp.fc2", &b.mlp.fc2),
-            ] {
-                let (w, bias) = lin(l);
-                put(format!("{p}.{name}.weight"), w);
-                if let Some(bias) = bias {
-                    put(format!("{p}.{name}.bias"), bias);
-                }
-            }
-            for (name, l) in [("layer_norm1", &b.ln1), ("layer_norm2", &b.ln2)] {
-                let (g, beta) = ln(l);
-                put(format!("{p}.{name}.weight"), g);
-                if let Some(beta) = beta {
-                    put(format!("{p}.{name}.bias"), beta);
-                }
-            }
-        }
-    };
-    blocks("vision_model", &model.vision.layers, &mut put);
-    blocks("text_model", &model.text.layers, &mut put);
-    let v = &model.vision;
+    blocks_to_hf("vision_model", &v.layers, &mut m);
     let (vd, p) = (v.config.hidden_size, v.config.patch_size);
     let patch = HostTensor::from_tensor(v.patch_embed.val()).transposed();
-    put(
+    m.insert(
         "vision_model.embeddings.patch_embedding.weight".into(),
         HostTensor::new(vec![vd, 3, p, p], patch.data),
     );
-    put(
+    m.insert(
         "vision_model.embeddings.class_embedding".into(),
         HostTensor::from_tensor(v.class_embedding.val()),
     );
-    put(
+    m.insert(
         "vision_model.embeddings.position_embedding.weight".into(),
         HostTensor::from_tensor(v.position_embedding.val()),
     );
     for (name, l) in [
         ("vision_model.pre_layrnorm", &v.ln_pre),
         ("vision_model.post_layernorm", &v.ln_post),
-        ("text_model.final_layer_norm", &model.text.ln_final),
     ] {
-        let (g, beta) = ln(l);
-        put(format!("{name}.weight"), g);
+        let (g, beta) = ln_to_hf(l);
+        m.insert(format!("{name}.weight"), g);
         if let Some(beta) = beta {
-            put(format!("{name}.bias"), beta);
+            m.insert(format!("{name}.bias"), beta);
         }
     }
-    put(
+    m.insert(
         "visual_projection.weight".into(),
         HostTensor::from_tensor(v.projection.val()).transposed(),
     );
-    let t = &model.text;
-    put(
-        "text_projection.weight".into(),
-        HostTensor::from_tensor(t.projection.val()).transposed(),
-    );
-    put(
-        "text_model.embeddings.token_embedding.weight".into(),
-        HostTensor::from_tensor(t.token_embedding.val()),
-    );
-    put(
-        "text_model.embeddings.position_embedding.weight".into(),
-        HostTensor::from_tensor(t.position_embedding.val()),
-    );
-    let s = HostTensor::from_tensor(model.logit_scale.val());
-    put("logit_scale".into(), HostTensor::new(vec![], s.data));
     m
+}
+
+/// A linear layer as PyTorch stores it: weight `[out, in]`, bias `[out]`.
+pub fn linear_to_hf(l: &burn::nn::Linear) -> (HostTensor, Option<HostTensor>) {
+    (
+        HostTensor::from_tensor(l.weight.val()).transposed(),
+        l.bias.as_ref().map(|b| HostTensor::from_tensor(b.val())),
+    )
+}
+
+fn ln_to_hf(l: &burn::nn::LayerNorm) -> (HostTensor, Option<HostTensor>) {
+    (
+        HostTensor::from_tensor(l.gamma.val()),
+        l.beta.as_ref().map(|b| HostTensor::from_tensor(b.val())),
+    )
+}
+
+fn blocks_to_hf(prefix: &str, layers: &[Block], m: &mut TensorMap) {
+    for (i, b) in layers.iter().enumerate() {
+        let p = format!("{prefix}.encoder.layers.{i}");
+        let (w, bias) = linear_to_hf(&b.attn.qkv);
+        let d = w.shape[1];
+        for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            m.insert(
+                format!("{p}.self_attn.{name}.weight"),
+                HostTensor::new(vec![d, d], w.data[j * d * d..(j + 1) * d * d].to_vec()),
+            );
+            if let Some(bias) = &bias {
+                m.insert(
+                    format!("{p}.self_attn.{name}.bias"),
+                    HostTensor::new(vec![d], bias.data[j * d..(j + 1) * d].to_vec()),
+                );
+            }
+        }
+        for (name, l) in [
+            ("self_attn.out_proj", &b.attn.out),
+            ("mlp.fc1", &b.mlp.fc1),
+            ("mlp.fc2", &b.mlp.fc2),
+        ] {
+            let (w, bias) = linear_to_hf(l);
+            m.insert(format!("{p}.{name}.weight"), w);
+            if let Some(bias) = bias {
+                m.insert(format!("{p}.{name}.bias"), bias);
+            }
+        }
+        for (name, l) in [("layer_norm1", &b.ln1), ("layer_norm2", &b.ln2)] {
+            let (g, beta) = ln_to_hf(l);
+            m.insert(format!("{p}.{name}.weight"), g);
+            if let Some(beta) = beta {
+                m.insert(format!("{p}.{name}.bias"), beta);
+            }
+        }
+    }
+}
+
+/// Build an image tower from tensors in `CLIPVisionModelWithProjection` names; like
+/// [`build_clip`], every tensor must be used exactly once.
+pub fn build_vision(
+    v: &VisionConfig,
+    projection_dim: usize,
+    map: TensorMap,
+    device: &Device,
+) -> Result<VisionTower, ClipError> {
+    v.validate()?;
+    let mut tk = Taker {
+        map: map.into_iter().filter(|(k, _)| !is_ignored(k)).collect(),
+    };
+    let vision = tk.vision(v, projection_dim, device)?;
+    if !tk.map.is_empty() {
+        return Err(unexpected(tk.map.keys()));
+    }
+    Ok(vision)
+}
+
+/// Load a Hugging Face `CLIPVisionModelWithProjection` folder (`config.json` with
+/// `model_type: clip_vision_model` + `model.safetensors`): the image tower and its
+/// projection, as `transformers` would load it. Returns the tower and the projection width.
+pub fn load_hf_vision(dir: &Path, device: &Device) -> Result<(VisionTower, usize), ClipError> {
+    let cfg_path = dir.join("config.json");
+    let json = std::fs::read_to_string(&cfg_path).map_err(|e| ClipError::io(&cfg_path, e))?;
+    let (v, projection_dim) =
+        VisionConfig::from_hf_vision_json(&json).map_err(|e| e.in_file(&cfg_path))?;
+    let weights = dir.join("model.safetensors");
+    let map = read_safetensors(&weights)?;
+    let tower = build_vision(&v, projection_dim, map, device).map_err(|e| e.in_file(&weights))?;
+    Ok((tower, projection_dim))
 }
 
 /// Where a model came from, for logs and run configs.

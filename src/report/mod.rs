@@ -1,7 +1,9 @@
 //! A run directory as one self-contained HTML page (`coft report`): training curves from
 //! every `metrics.jsonl`, the size and precision of every pseudo-label set, the confusion
 //! matrix and per-class accuracy against zero-shot, and a grid of images with their
-//! predictions, the confidently wrong ones first.
+//! predictions: right and wrong ones for labeled data, the confidently wrong ones first; for an
+//! unlabeled run, the images per predicted class and each class's most and least confident
+//! images.
 //!
 //! Everything is inline: SVG plots drawn by [`svg`], thumbnails as base64 data URIs, a few
 //! lines of CSS and one small script that checks every plot is on the page (it adds
@@ -102,35 +104,61 @@ impl Labeled {
     }
 }
 
+/// Predictions of the final classifier on images without known classes.
+#[derive(Clone, Debug)]
+pub struct Unlabeled {
+    /// What the predictions were made on, in words (shown on the page).
+    pub source: String,
+    pub classes: Vec<String>,
+    pub items: Vec<UnlabeledItem>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UnlabeledItem {
+    pub path: PathBuf,
+    /// The final ensemble's class and probability.
+    pub pred: usize,
+    pub confidence: f32,
+    /// Zero-shot's class, when known.
+    pub zero_shot: Option<usize>,
+}
+
+/// What the report can show of the final classifier on the run's own pool `U`.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    /// The data had labels: accuracy, confusion matrix, right and wrong samples.
+    Labeled(Labeled),
+    /// No labels: the predictions and their confidence.
+    Unlabeled(Unlabeled),
+    /// Nothing to show (no final classifier yet), and why.
+    Missing(String),
+}
+
 /// Without a labeled split: the final ensemble's predictions on the run's own pool `U`,
 /// scored against the true labels `stage0/pseudo_labels.csv` carries when the data had
-/// them; zero-shot's class is stage 0's pseudo-label. `Err(reason)` (not an error) when
-/// there is nothing to score: no final classifier yet, or no true labels.
-pub fn labeled_from_pool(
+/// them ([`Pool::Labeled`]), else as they are ([`Pool::Unlabeled`]); zero-shot's class is
+/// stage 0's pseudo-label. [`Pool::Missing`] (not an error) when the run has no final
+/// classifier yet.
+pub fn pool_predictions(
     run: &Path,
     device: &burn::tensor::Device,
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<Result<Labeled, String>> {
+) -> anyhow::Result<Pool> {
     let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
     if !run.join("final/classes.txt").is_file() {
-        return Ok(Err(
+        return Ok(Pool::Missing(
             "The run has no final classifier yet, so there is no accuracy to show.".into(),
         ));
     }
     let classes = crate::method::zero_shot::read_classes(&run.join("final/classes.txt"))?;
     let pl = run.join("stage0/pseudo_labels.csv");
     let rows = pseudo_labels::read_csv(&pl, &classes)?;
+    let has_truth = rows.iter().any(|r| r.true_label.is_some());
     let rows: Vec<PseudoLabel> = rows
         .into_iter()
-        .filter(|r| r.true_label.is_some())
+        .filter(|r| !has_truth || r.true_label.is_some())
         .collect();
-    if rows.is_empty() {
-        return Ok(Err(format!(
-            "The training data has no labels ({} has no true_label), so accuracy needs a labeled split: pass --data SPEC.",
-            pl.display()
-        )));
-    }
     let spec: crate::data::source::DataSpec =
         cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
     let root = spec
@@ -139,25 +167,42 @@ pub fn labeled_from_pool(
         .root;
     let paths: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.path)).collect();
     let clf = crate::classifier::Classifier::from_run(run, device)?.with_batch_size(batch_size);
-    let total = paths.len() * clf.num_models();
-    let preds = clf.predict_paths(paths.clone(), &mut |d| progress(d, total));
+    // Counted in images: each member reads every image, so the passes are averaged.
+    let (total, models) = (paths.len(), clf.num_models().max(1));
+    let preds = clf.predict_paths(paths.clone(), &mut |d| progress(d / models, total));
     let c = classes.len();
-    let items = preds
-        .kept
-        .iter()
-        .enumerate()
-        .map(|(r, &i)| {
-            let p = clf.prediction(preds.probabilities[r * c..(r + 1) * c].to_vec());
-            LabeledItem {
+    let predicted = preds.kept.iter().enumerate().map(|(r, &i)| {
+        let p = clf.prediction(preds.probabilities[r * c..(r + 1) * c].to_vec());
+        (i, p)
+    });
+    if !has_truth {
+        let items: Vec<UnlabeledItem> = predicted
+            .map(|(i, p)| UnlabeledItem {
                 path: paths[i].clone(),
-                truth: rows[i].true_label.unwrap_or_default(),
                 pred: p.index,
                 confidence: p.confidence,
                 zero_shot: Some(rows[i].label),
-            }
+            })
+            .collect();
+        return Ok(Pool::Unlabeled(Unlabeled {
+            source: format!(
+                "the {} training images of the run (the unlabeled pool U; the data has no labels). Zero-shot here is stage 0's pseudo-label",
+                items.len()
+            ),
+            classes,
+            items,
+        }));
+    }
+    let items = predicted
+        .map(|(i, p)| LabeledItem {
+            path: paths[i].clone(),
+            truth: rows[i].true_label.unwrap_or_default(),
+            pred: p.index,
+            confidence: p.confidence,
+            zero_shot: Some(rows[i].label),
         })
         .collect::<Vec<_>>();
-    Ok(Ok(Labeled {
+    Ok(Pool::Labeled(Labeled {
         source: format!(
             "the {} training images of the run (the unlabeled pool U; their true labels come from stage0/pseudo_labels.csv and were never used in training). This is transductive accuracy; pass --data with a test split for held-out accuracy. Zero-shot here is stage 0's pseudo-label",
             items.len()
@@ -384,10 +429,12 @@ fn slug(s: &str) -> String {
 
 /// The report page of `run` (see the module doc). `labeled`: predictions with true classes
 /// for the confusion matrix, per-class accuracy and the image grid; without them those
-/// sections say why they are missing.
+/// sections say why they are missing, and `unlabeled` predictions, when given, are shown
+/// with their confidence.
 pub fn render(
     run: &Path,
     labeled: Option<&Labeled>,
+    unlabeled: Option<&Unlabeled>,
     note: Option<&str>,
     opts: &ReportOptions,
 ) -> anyhow::Result<String> {
@@ -467,6 +514,7 @@ pub fn render(
     // Pseudo-label sets.
     let classes = labeled
         .map(|l| l.classes.clone())
+        .or_else(|| unlabeled.map(|u| u.classes.clone()))
         .or_else(|| crate::method::zero_shot::read_classes(&run.join("final/classes.txt")).ok());
     let classes = match classes {
         Some(c) => c,
@@ -552,8 +600,19 @@ pub fn render(
 
     // Accuracy.
     page.body.push_str("<h2>Accuracy</h2>");
-    match labeled {
-        None => {
+    match (labeled, unlabeled) {
+        (Some(l), _) => render_accuracy(&mut page, l, opts),
+        (None, Some(u)) => {
+            let _ = write!(
+                page.body,
+                "<p class=\"note\">{}</p>",
+                escape(note.unwrap_or(
+                    "The data has no labels, so there is no accuracy: pass --data SPEC with a labeled split to score the run."
+                ))
+            );
+            render_unlabeled(&mut page, u, opts);
+        }
+        (None, None) => {
             let _ = write!(
                 page.body,
                 "<p class=\"note\">{}</p>",
@@ -562,7 +621,6 @@ pub fn render(
                 ))
             );
         }
-        Some(l) => render_accuracy(&mut page, l, opts),
     }
     let expected = serde_json::to_string(&page.plots)?;
     Ok(format!(
@@ -825,6 +883,138 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
     page.body.push_str("</div>");
 }
 
+/// Which images of an unlabeled pool the grid shows: per predicted class (in class order),
+/// its most confident images then its least confident ones, about `max / C` per class (at
+/// least one while `max` allows), never more than `max` in all. Returns
+/// `(class, most confident, least confident)` index lists.
+pub fn unlabeled_samples(u: &Unlabeled, max: usize) -> Vec<(usize, Vec<usize>, Vec<usize>)> {
+    let c = u.classes.len().max(1);
+    let quota = (max / c).max(1);
+    let mut left = max;
+    let mut out = Vec::new();
+    for class in 0..u.classes.len() {
+        let mut idx: Vec<usize> = (0..u.items.len())
+            .filter(|&i| u.items[i].pred == class)
+            .collect();
+        // Most confident first; the path breaks ties so the page is stable.
+        idx.sort_by(|&a, &b| {
+            let (ia, ib) = (&u.items[a], &u.items[b]);
+            ib.confidence
+                .total_cmp(&ia.confidence)
+                .then_with(|| ia.path.cmp(&ib.path))
+        });
+        let take = quota.min(left).min(idx.len());
+        left -= take;
+        let n_most = take.div_ceil(2);
+        let n_least = take - n_most;
+        let most = idx[..n_most].to_vec();
+        let least: Vec<usize> = idx[idx.len() - n_least..].iter().rev().copied().collect();
+        out.push((class, most, least));
+    }
+    out
+}
+
+fn render_unlabeled(page: &mut Page, u: &Unlabeled, opts: &ReportOptions) {
+    let c = u.classes.len();
+    let n = u.items.len();
+    let mut count = vec![0usize; c];
+    let mut zs_count = vec![0usize; c];
+    let mut conf_sum = vec![0f64; c];
+    for it in &u.items {
+        if it.pred < c {
+            count[it.pred] += 1;
+            conf_sum[it.pred] += f64::from(it.confidence);
+        }
+        if let Some(z) = it.zero_shot.filter(|&z| z < c) {
+            zs_count[z] += 1;
+        }
+    }
+    let mut groups = Vec::new();
+    if u.items.iter().all(|i| i.zero_shot.is_some()) && n > 0 {
+        groups.push((
+            "zero-shot".to_string(),
+            zs_count.iter().map(|&k| Some(k as f64)).collect(),
+        ));
+    }
+    groups.push((
+        "final ensemble".to_string(),
+        count.iter().map(|&k| Some(k as f64)).collect(),
+    ));
+    let _ = write!(
+        page.body,
+        "<h2>Predictions</h2><p class=\"source\" id=\"predictions-source\">Predicted on {}.</p>",
+        escape(&u.source)
+    );
+    page.plot(
+        "plot-predicted-classes",
+        svg::bar_chart(
+            "plot-predicted-classes",
+            "images per predicted class",
+            &u.classes,
+            &groups,
+            "images",
+            None,
+        ),
+    );
+    let samples = unlabeled_samples(u, opts.max_images);
+    let shown: usize = samples.iter().map(|(_, m, l)| m.len() + l.len()).sum();
+    let _ = write!(
+        page.body,
+        "<h2>Sample predictions</h2><p class=\"note\">{shown} of {n} images: for each predicted class, its most confident images (blue border) then its least confident (orange border). Percentages are the final ensemble's confidence.</p><table class=\"data\" id=\"predicted-classes\"><tr><th>predicted class</th><th>images</th><th>mean confidence (%)</th></tr>",
+    );
+    for (k, name) in u.classes.iter().enumerate() {
+        let mean = if count[k] > 0 {
+            format!("{:.1}", 100.0 * conf_sum[k] / count[k] as f64)
+        } else {
+            "".into()
+        };
+        let _ = write!(
+            page.body,
+            "<tr><td>{}</td><td>{}</td><td>{mean}</td></tr>",
+            escape(name),
+            count[k]
+        );
+    }
+    page.body.push_str("</table><div id=\"samples\">");
+    let name = |i: usize| u.classes.get(i).map_or("?", |s| s.as_str());
+    for (class, most, least) in &samples {
+        if most.is_empty() && least.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            page.body,
+            "<h3>{} <span class=\"note\">({} images)</span></h3><div class=\"grid\">",
+            escape(name(*class)),
+            count[*class]
+        );
+        for (kind, list) in [("most", most), ("least", least)] {
+            for &i in list {
+                let it = &u.items[i];
+                let img = match thumbnail_data_uri(&it.path, opts.thumb_size) {
+                    Ok(uri) => format!(
+                        "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
+                        escape(&it.path.display().to_string())
+                    ),
+                    Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
+                };
+                let zs = it
+                    .zero_shot
+                    .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
+                    .unwrap_or_default();
+                let _ = write!(
+                    page.body,
+                    "<figure class=\"{kind}\" title=\"{path}\">{img}<figcaption>pred: <b>{p}</b> ({conf:.0}%)<br>{kind} confident{zs}</figcaption></figure>",
+                    path = escape(&it.path.display().to_string()),
+                    p = escape(name(it.pred)),
+                    conf = 100.0 * it.confidence,
+                );
+            }
+        }
+        page.body.push_str("</div>");
+    }
+    page.body.push_str("</div>");
+}
+
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}\
@@ -833,6 +1023,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:
 .grid{display:flex;flex-wrap:wrap;gap:6px}\
 figure{margin:0;padding:4px;width:120px;font-size:11px;border:3px solid #ccc;text-align:center}\
 figure.wrong{border-color:#D55E00}figure.right{border-color:#009E73}\
+figure.most{border-color:#0072B2}figure.least{border-color:#E69F00}h3{font-size:15px;margin:14px 0 6px}\
 figure img{display:block;margin:0 auto 4px auto;image-rendering:pixelated}\
 .nothumb{height:64px;color:#a00;overflow:hidden}";
 
@@ -906,7 +1097,14 @@ mod tests {
                 "phase2/set_1.csv"
             ]
         );
-        let html = render(run, None, Some("no labels here"), &ReportOptions::default()).unwrap();
+        let html = render(
+            run,
+            None,
+            None,
+            Some("no labels here"),
+            &ReportOptions::default(),
+        )
+        .unwrap();
         for id in ["plot-loss-phase1", "plot-acc-round-2", "plot-set-sizes"] {
             assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
         }
@@ -916,6 +1114,44 @@ mod tests {
         assert!(!html.contains("plot-set-precision") && !html.contains("plot-confusion"));
         assert!(html.contains("no labels here"));
         assert!(html.contains("precision is unknown"));
+    }
+
+    /// The unlabeled grid never exceeds its bound, shows every class it can, and orders
+    /// each class most confident first, then least confident first.
+    #[test]
+    fn unlabeled_samples_are_bounded_and_ordered() {
+        let item = |pred, confidence: f32, i: usize| UnlabeledItem {
+            path: PathBuf::from(format!("{i:02}.png")),
+            pred,
+            confidence,
+            zero_shot: None,
+        };
+        let confs = [0.9, 0.5, 0.7, 0.3, 0.8, 0.6];
+        let mut items: Vec<UnlabeledItem> = confs
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| item(0, c, i))
+            .collect();
+        items.push(item(2, 0.4, 10));
+        let u = Unlabeled {
+            source: String::new(),
+            classes: (0..5).map(|c| format!("c{c}")).collect(),
+            items,
+        };
+        // 10 / 5 classes = 2 each: class 0 its best and its worst, class 2 its only image.
+        let s = unlabeled_samples(&u, 10);
+        assert_eq!(s[0], (0, vec![0], vec![3]));
+        assert_eq!(s[1], (1, vec![], vec![]));
+        assert_eq!(s[2], (2, vec![6], vec![]));
+        // 15 / 5 = 3: the two best, then the worst.
+        assert_eq!(unlabeled_samples(&u, 15)[0], (0, vec![0, 4], vec![3]));
+        // Fewer slots than classes: one each while they last, never more than the bound.
+        let s = unlabeled_samples(&u, 1);
+        let shown: usize = s.iter().map(|(_, m, l)| m.len() + l.len()).sum();
+        assert_eq!((shown, s[0].1.clone()), (1, vec![0]));
+        assert!(unlabeled_samples(&u, 0)
+            .iter()
+            .all(|(_, m, l)| m.is_empty() && l.is_empty()));
     }
 
     #[test]
