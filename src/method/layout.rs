@@ -83,6 +83,12 @@ impl RunLayout {
         self.phase1_model(round, m).join("REPLACED")
     }
 
+    /// Whether model `m` of a run of `rounds` rounds ends as its untrained start: round 1's
+    /// guard replaced it and no later round took over.
+    pub fn fell_back_to_start(&self, rounds: usize, m: usize) -> bool {
+        self.effective_round(rounds, m) == 1 && self.replaced(1, m).is_file()
+    }
+
     /// The round whose model `m` a run of `rounds` rounds ends with: the last, unless the
     /// guard replaced it (then the round it fell back to).
     pub fn effective_round(&self, rounds: usize, m: usize) -> usize {

@@ -631,7 +631,13 @@ pub fn phase2_sets(
         match ctx.plan.sets {
             SetRule::CollaborativeFilter => {
                 let (labeller, validator) = (&views[i - 1], &views[2 - i]);
-                let mut clean = collaborative_filter_views(labeller, validator, c);
+                // A validator that fell back to its untrained start has equal positive and
+                // negative prompts: it has no opinion, and every label passes.
+                let mut clean = if ctx.layout.fell_back_to_start(ctx.plan.rounds, 3 - i) {
+                    vec![true; labeller.labels.len()]
+                } else {
+                    collaborative_filter_views(labeller, validator, c)
+                };
                 if ctx.plan.filter == FilterRule::Confidence {
                     clean = pseudo_labels::keep_most_confident(&clean, &labeller.confidence);
                 }
@@ -977,7 +983,7 @@ pub fn load_prompt_models(
     let mut out = Vec::new();
     for m in 1..=plan.models {
         let round = layout.effective_round(plan.rounds, m);
-        if round == 1 && plan.guard_round1 && layout.replaced(1, m).is_file() {
+        if layout.fell_back_to_start(plan.rounds, m) {
             let c = classes.len();
             out.push(start_learner(cfg, clip, &tokenizer, c, 1, m, device));
             continue;
