@@ -4,7 +4,7 @@
 //! loads with `--model DIR` in every command.
 //!
 //! No pretrained CLIP weights can be downloaded on the project's machines; this is how it
-//! gets a real model to run the method on (issue 6), and how a user pre-trains a small
+//! gets a real model to run the method on, and how a user pre-trains a small
 //! domain CLIP from image-caption pairs.
 //!
 //! # Data

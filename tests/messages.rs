@@ -178,3 +178,40 @@ fn a_hub_id_not_in_the_cache_offline_says_so_in_one_line() {
     );
     assert_no_repeat(&line);
 }
+
+/// Progress counts images under their own unit: each Phase I model labels U as its own
+/// stage, `600/600 images` for the demo's 600, not images x models.
+#[test]
+fn labelling_u_counts_images_once_per_model() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = tmp.path().join("run");
+    let o = coft(
+        &[
+            "train",
+            "--model",
+            &s(&demo.join("model")),
+            "--data",
+            &s(&demo.join("images/u")),
+            "--config",
+            &s(&demo.join("coft.toml")),
+            "--out",
+            &s(&run),
+            "--set",
+            "phase1.epochs=1",
+            "--set",
+            "phase1.min_steps=0",
+            "--set",
+            "phase2.epochs=1",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for m in [1, 2] {
+        let line = format!("phase II: m{m} labels U: 600/600 images");
+        assert_eq!(err.matches(&line).count(), 1, "{line} once in:\n{err}");
+    }
+    assert!(!err.contains("1200/1200"), "{err}");
+}

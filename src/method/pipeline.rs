@@ -261,14 +261,13 @@ impl<'c> RunContext<'c> {
         pool: &Pool,
         learner: &PromptLearner,
         hooks: &mut Hooks<'_>,
-        offset: usize,
     ) -> anyhow::Result<ModelView> {
         let emb = embed_with_prompts(
             &self.clip,
             learner,
             pool.kept_paths.clone(),
             &self.infer,
-            |d| (hooks.on_progress)("labelling", d + offset),
+            |d| (hooks.on_progress)("labelling", d),
         );
         if emb.kept.len() != pool.kept_paths.len() {
             bail!("an image became unreadable between stages; rerun from step 0");
@@ -399,7 +398,7 @@ pub fn reselect(
             &format!("round {round}: m{m} of round {} labels U", round - 1),
             pool.kept_paths.len(),
         );
-        let view = ctx.view(pool, previous, hooks, 0)?;
+        let view = ctx.view(pool, previous, hooks)?;
         let labels: Vec<(usize, f32)> = match ctx.plan.balance.iters {
             0 => view
                 .labels
@@ -612,11 +611,12 @@ pub fn phase2_sets(
     }
     StageDir::new(ctx.layout.phase2())?;
     let n = pool.kept_paths.len();
-    (hooks.on_stage)("phase II: labelling U", n * models.len().max(1));
     let c = ctx.classes().len();
     let mut views = Vec::with_capacity(models.len());
     for (m, learner) in models.iter().enumerate() {
-        let mut view = ctx.view(pool, learner, hooks, m * n)?;
+        // One stage per model, so the counter counts images (not images x models).
+        (hooks.on_stage)(&format!("phase II: m{} labels U", m + 1), n);
+        let mut view = ctx.view(pool, learner, hooks)?;
         // The labels of U are evened out like step 0's: a Phase I model trained on a
         // balanced S* still piles its labels of U onto a few classes under the shift.
         if ctx.plan.balance.iters > 0 {
