@@ -494,6 +494,23 @@ pub fn start_learner(
     PromptLearner::init_with_phrase(clip, tokenizer, num_classes, &cfg.prompts, seed, device)
 }
 
+/// What round 1's guard falls back to: model `m`'s start without its visual prompts, so with
+/// `prompts.ctx_init` it is exactly the zero-shot prompt "a photo of a {class}." on the
+/// frozen image tower (random visual prompts alone moved shapes6's accuracy by up to 1.3
+/// points).
+pub fn fallback_learner(
+    cfg: &TrainConfig,
+    clip: &Clip,
+    tokenizer: &Tokenizer,
+    num_classes: usize,
+    m: usize,
+    device: &Device,
+) -> PromptLearner {
+    let mut start = start_learner(cfg, clip, tokenizer, num_classes, 1, m, device);
+    start.vpt = None;
+    start
+}
+
 /// How well Phase I model `m` of `round` fits its own training set: its training accuracy
 /// on its pseudo-labels (label-free; under augmentation), averaged over the last tenth of
 /// its epochs (at least one), because one epoch of a small S* is a handful of batches.
@@ -511,8 +528,8 @@ pub fn phase1_fit(layout: &RunLayout, round: usize, m: usize) -> Option<f64> {
 /// Round 1's guard: a model that fits S* below `rounds_guard.min_fit` learned no rule from
 /// it that holds on its own training images, and what it learned instead are the zero-shot
 /// labeller's confident mistakes (on the lab's shapes6, S* is 34% right, the models fit it
-/// at 49-61% and end 3-5 points below zero-shot). It is replaced by its untrained start, the
-/// zero-shot prompt, and `REPLACED` says so; later stages and `eval` use that start.
+/// at 49-61% and end 3-5 points below zero-shot). It is replaced by [`fallback_learner`],
+/// the zero-shot prompt, and `REPLACED` says so; later stages and `eval` use that.
 pub fn first_round_guard(
     ctx: &RunContext<'_>,
     m: usize,
@@ -526,7 +543,7 @@ pub fn first_round_guard(
             let min = ctx.cfg.rounds_guard.min_fit;
             if fit < min {
                 let why = format!(
-                "phase I m{m} fits S* at {:.1}% (the guard needs >= {:.0}%): S* is too noisy to learn from, so m{m} falls back to its untrained start, the zero-shot prompt\n",
+                "phase I m{m} fits S* at {:.1}% (the guard needs >= {:.0}%): S* is too noisy to learn from, so m{m} falls back to the zero-shot prompt (its untrained start, without visual prompts)\n",
                 100.0 * fit,
                 100.0 * min
             );
@@ -537,12 +554,11 @@ pub fn first_round_guard(
         };
     Ok(if fall_back {
         let device = model.ctx_pos.val().device();
-        start_learner(
+        fallback_learner(
             ctx.cfg,
             &ctx.clip,
             &ctx.tokenizer,
             ctx.classes().len(),
-            1,
             m,
             &device,
         )
@@ -985,7 +1001,7 @@ pub fn load_prompt_models(
         let round = layout.effective_round(plan.rounds, m);
         if layout.fell_back_to_start(plan.rounds, m) {
             let c = classes.len();
-            out.push(start_learner(cfg, clip, &tokenizer, c, 1, m, device));
+            out.push(fallback_learner(cfg, clip, &tokenizer, c, m, device));
             continue;
         }
         let stage = StageDir::new(layout.phase1_model(round, m))?;
