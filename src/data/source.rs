@@ -155,11 +155,42 @@ pub struct Dataset {
     pub problems: Vec<Problem>,
 }
 
+/// Why [`Dataset::with_class_order`] cannot re-index: the names that are in one list and not
+/// the other (or, when both are empty, a name given twice).
+#[derive(Debug, Error)]
+pub struct ClassOrderError {
+    /// In the list, not in the data.
+    pub missing: Vec<String>,
+    /// In the data, not in the list.
+    pub extra: Vec<String>,
+    /// Names in the list and in the data.
+    pub lengths: (usize, usize),
+}
+
+impl std::fmt::Display for ClassOrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut why = Vec::new();
+        if !self.missing.is_empty() {
+            why.push(format!("not in the data: {}", self.missing.join(", ")));
+        }
+        if !self.extra.is_empty() {
+            why.push(format!("not in the list: {}", self.extra.join(", ")));
+        }
+        if why.is_empty() {
+            why.push(format!(
+                "{} names in the list, {} in the data (a name given twice)",
+                self.lengths.0, self.lengths.1
+            ));
+        }
+        write!(f, "{}", why.join("; "))
+    }
+}
+
 impl Dataset {
     /// The same images with their labels re-indexed into `classes`, which must hold the
     /// same names in any order (a run's class order, say). `Err` says which names are in one
     /// list and not the other.
-    pub fn with_class_order(&self, classes: &[String]) -> Result<Dataset, String> {
+    pub fn with_class_order(&self, classes: &[String]) -> Result<Dataset, ClassOrderError> {
         if self.classes == classes {
             return Ok(self.clone());
         }
@@ -175,14 +206,12 @@ impl Dataset {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() || !extra.is_empty() || classes.len() != self.classes.len() {
-            let mut why = Vec::new();
-            if !missing.is_empty() {
-                why.push(format!("not in the data: {}", missing.join(", ")));
-            }
-            if !extra.is_empty() {
-                why.push(format!("not in the list: {}", extra.join(", ")));
-            }
-            return Err(why.join("; "));
+            let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect();
+            return Err(ClassOrderError {
+                missing: owned(missing),
+                extra: owned(extra),
+                lengths: (classes.len(), self.classes.len()),
+            });
         }
         let map: Vec<usize> = self
             .classes
