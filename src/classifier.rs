@@ -225,20 +225,7 @@ impl Classifier {
         })?;
         let cfg: ExportConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid classifier description", desc.display()))?;
-        if cfg.format != EXPORT_FORMAT {
-            bail!(
-                "{}: format is {:?}, expected {EXPORT_FORMAT:?}",
-                desc.display(),
-                cfg.format
-            );
-        }
-        if cfg.version != EXPORT_VERSION {
-            bail!(
-                "{}: version {} is not supported by this coft (reads version {EXPORT_VERSION})",
-                desc.display(),
-                cfg.version
-            );
-        }
+        check_format(&desc, &cfg.format, EXPORT_FORMAT, cfg.version)?;
         if cfg.preprocess.resize != RESIZE_MODE {
             bail!(
                 "{}: preprocess.resize {:?} is not supported (only {RESIZE_MODE:?})",
@@ -296,20 +283,7 @@ impl Classifier {
             .with_context(|| format!("reading {}", desc.display()))?;
         let cfg: HfExport = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid export description", desc.display()))?;
-        if cfg.format != HF_EXPORT_FORMAT {
-            bail!(
-                "{}: format is {:?}, expected {HF_EXPORT_FORMAT:?}",
-                desc.display(),
-                cfg.format
-            );
-        }
-        if cfg.version != EXPORT_VERSION {
-            bail!(
-                "{}: version {} is not supported by this coft (reads version {EXPORT_VERSION})",
-                desc.display(),
-                cfg.version
-            );
-        }
+        check_format(&desc, &cfg.format, HF_EXPORT_FORMAT, cfg.version)?;
         if cfg.members.is_empty() {
             bail!("{}: members: the ensemble is empty", desc.display());
         }
@@ -839,4 +813,21 @@ pub fn export_run_hf(run: &Path, out: &Path, device: &Device) -> anyhow::Result<
     };
     write_json(&out.join(HF_EXPORT_FILE), &serde_json::to_value(&desc)?)?;
     Ok(desc)
+}
+
+/// An export description's `format` and `version` are the ones this build reads.
+fn check_format(desc: &Path, format: &str, want: &str, version: u32) -> anyhow::Result<()> {
+    if format != want {
+        bail!(
+            "{}: format is {format:?}, expected {want:?}",
+            desc.display()
+        );
+    }
+    if version != EXPORT_VERSION {
+        bail!(
+            "{}: version {version} is not supported by this coft (reads version {EXPORT_VERSION})",
+            desc.display()
+        );
+    }
+    Ok(())
 }

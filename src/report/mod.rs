@@ -391,6 +391,17 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A sample's thumbnail as an `<img>`, or the reason it has none.
+fn thumb_html(path: &Path, size: u32) -> String {
+    match thumbnail_data_uri(path, size) {
+        Ok(uri) => format!(
+            "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
+            escape(&path.display().to_string())
+        ),
+        Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
+    }
+}
+
 /// A JPEG thumbnail (longer side `size`) as a data URI, or the reason it could not be made.
 pub fn thumbnail_data_uri(path: &Path, size: u32) -> Result<String, String> {
     let img =
@@ -859,13 +870,7 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
     for &i in &order {
         let it = &l.items[i];
         let ok = it.pred == it.truth;
-        let img = match thumbnail_data_uri(&it.path, opts.thumb_size) {
-            Ok(uri) => format!(
-                "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
-                escape(&it.path.display().to_string())
-            ),
-            Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
-        };
+        let img = thumb_html(&it.path, opts.thumb_size);
         let zs = it
             .zero_shot
             .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
@@ -990,13 +995,7 @@ fn render_unlabeled(page: &mut Page, u: &Unlabeled, opts: &ReportOptions) {
         for (kind, list) in [("most", most), ("least", least)] {
             for &i in list {
                 let it = &u.items[i];
-                let img = match thumbnail_data_uri(&it.path, opts.thumb_size) {
-                    Ok(uri) => format!(
-                        "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
-                        escape(&it.path.display().to_string())
-                    ),
-                    Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
-                };
+                let img = thumb_html(&it.path, opts.thumb_size);
                 let zs = it
                     .zero_shot
                     .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
