@@ -78,6 +78,21 @@ impl VisionConfig {
         Ok(())
     }
 
+    /// A `vision_config` as transformers writes it, with its defaults (ViT-B/32's) for the
+    /// fields left out: one reading for a CLIPModel and a vision-only folder.
+    fn from_hf_tower(v: &HfTower) -> Result<Self, ClipError> {
+        Ok(Self {
+            hidden_size: v.hidden_size.unwrap_or(768),
+            intermediate_size: v.intermediate_size.unwrap_or(3072),
+            num_layers: v.num_hidden_layers.unwrap_or(12),
+            num_heads: v.num_attention_heads.unwrap_or(12),
+            image_size: v.image_size.unwrap_or(224),
+            patch_size: v.patch_size.unwrap_or(32),
+            activation: Activation::from_hf(v.hidden_act.as_deref().unwrap_or("quick_gelu"))?,
+            layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-5),
+        })
+    }
+
     /// Parse the `config.json` of a Hugging Face `CLIPVisionModelWithProjection`
     /// (`model_type: clip_vision_model`, the vision fields at the top level); missing fields
     /// take transformers' defaults. Returns the tower's shape and `projection_dim`.
@@ -92,17 +107,7 @@ impl VisionConfig {
                 )))
             }
         }
-        let v = raw.tower;
-        let cfg = Self {
-            hidden_size: v.hidden_size.unwrap_or(768),
-            intermediate_size: v.intermediate_size.unwrap_or(3072),
-            num_layers: v.num_hidden_layers.unwrap_or(12),
-            num_heads: v.num_attention_heads.unwrap_or(12),
-            image_size: v.image_size.unwrap_or(224),
-            patch_size: v.patch_size.unwrap_or(32),
-            activation: Activation::from_hf(v.hidden_act.as_deref().unwrap_or("quick_gelu"))?,
-            layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-5),
-        };
+        let cfg = Self::from_hf_tower(&raw.tower)?;
         cfg.validate()?;
         Ok((cfg, raw.projection_dim.unwrap_or(512)))
     }
@@ -232,16 +237,7 @@ impl ClipConfig {
                 activation: Activation::from_hf(t.hidden_act.as_deref().unwrap_or("quick_gelu"))?,
                 layer_norm_eps: t.layer_norm_eps.unwrap_or(1e-5),
             },
-            vision: VisionConfig {
-                hidden_size: v.hidden_size.unwrap_or(768),
-                intermediate_size: v.intermediate_size.unwrap_or(3072),
-                num_layers: v.num_hidden_layers.unwrap_or(12),
-                num_heads: v.num_attention_heads.unwrap_or(12),
-                image_size: v.image_size.unwrap_or(224),
-                patch_size: v.patch_size.unwrap_or(32),
-                activation: Activation::from_hf(v.hidden_act.as_deref().unwrap_or("quick_gelu"))?,
-                layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-5),
-            },
+            vision: VisionConfig::from_hf_tower(&v)?,
             projection_dim: raw.projection_dim.unwrap_or(512),
             logit_scale_init: raw.logit_scale_init_value.unwrap_or(2.6592),
         };

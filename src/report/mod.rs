@@ -391,6 +391,30 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// One sample of a grid: its thumbnail, the prediction with its confidence, a second line
+/// (already HTML: the true class, or which end of the confidence ranking) and zero-shot's
+/// label when known.
+fn sample_figure(
+    class: &str,
+    path: &Path,
+    thumb_size: u32,
+    pred: &str,
+    confidence: f32,
+    line: &str,
+    zero_shot: Option<&str>,
+) -> String {
+    let zs = zero_shot
+        .map(|z| format!("<br>zero-shot: {}", escape(z)))
+        .unwrap_or_default();
+    format!(
+        "<figure class=\"{class}\" title=\"{path}\">{img}<figcaption>pred: <b>{p}</b> ({conf:.0}%)<br>{line}{zs}</figcaption></figure>",
+        path = escape(&path.display().to_string()),
+        img = thumb_html(path, thumb_size),
+        p = escape(pred),
+        conf = 100.0 * confidence,
+    )
+}
+
 /// A sample's thumbnail as an `<img>`, or the reason it has none.
 fn thumb_html(path: &Path, size: u32) -> String {
     match thumbnail_data_uri(path, size) {
@@ -870,20 +894,18 @@ fn render_accuracy(page: &mut Page, l: &Labeled, opts: &ReportOptions) {
     for &i in &order {
         let it = &l.items[i];
         let ok = it.pred == it.truth;
-        let img = thumb_html(&it.path, opts.thumb_size);
-        let zs = it
-            .zero_shot
-            .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
-            .unwrap_or_default();
-        let _ = write!(
-            page.body,
-            "<figure class=\"{cls}\" title=\"{path}\">{img}<figcaption>pred: <b>{p}</b> ({conf:.0}%)<br>true: {t}{zs}</figcaption></figure>",
-            cls = if ok { "right" } else { "wrong" },
-            path = escape(&it.path.display().to_string()),
-            p = escape(name(it.pred)),
-            conf = 100.0 * it.confidence,
-            t = escape(name(it.truth)),
-        );
+        let truth = format!("true: {}", escape(name(it.truth)));
+        let cls = if ok { "right" } else { "wrong" };
+        let zs = it.zero_shot.map(name);
+        page.body.push_str(&sample_figure(
+            cls,
+            &it.path,
+            opts.thumb_size,
+            name(it.pred),
+            it.confidence,
+            &truth,
+            zs,
+        ));
     }
     page.body.push_str("</div>");
 }
@@ -995,18 +1017,17 @@ fn render_unlabeled(page: &mut Page, u: &Unlabeled, opts: &ReportOptions) {
         for (kind, list) in [("most", most), ("least", least)] {
             for &i in list {
                 let it = &u.items[i];
-                let img = thumb_html(&it.path, opts.thumb_size);
-                let zs = it
-                    .zero_shot
-                    .map(|z| format!("<br>zero-shot: {}", escape(name(z))))
-                    .unwrap_or_default();
-                let _ = write!(
-                    page.body,
-                    "<figure class=\"{kind}\" title=\"{path}\">{img}<figcaption>pred: <b>{p}</b> ({conf:.0}%)<br>{kind} confident{zs}</figcaption></figure>",
-                    path = escape(&it.path.display().to_string()),
-                    p = escape(name(it.pred)),
-                    conf = 100.0 * it.confidence,
-                );
+                let line = format!("{kind} confident");
+                let zs = it.zero_shot.map(name);
+                page.body.push_str(&sample_figure(
+                    kind,
+                    &it.path,
+                    opts.thumb_size,
+                    name(it.pred),
+                    it.confidence,
+                    &line,
+                    zs,
+                ));
             }
         }
         page.body.push_str("</div>");
