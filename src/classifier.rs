@@ -197,7 +197,7 @@ impl<T: ImageInput + ?Sized> ImageInput for &T {
 /// The F1 + F2 ensemble with its class names and preprocessing.
 pub struct Classifier {
     classes: Vec<String>,
-    models: Vec<phase2::Classifier>,
+    models: Vec<phase2::EncoderHead>,
     preprocess: PreprocessConfig,
     device: Device,
     batch_size: usize,
@@ -304,7 +304,7 @@ impl Classifier {
             }
             let head_path = mdir.join(&cfg.head);
             let head = read_hf_head(&head_path, classes.len(), d, device)?;
-            models.push(phase2::Classifier { vision, head });
+            models.push(phase2::EncoderHead { vision, head });
         }
         let preprocess = preprocess.expect("at least one member");
         tracing::debug!(
@@ -526,10 +526,10 @@ fn load_members(
     d: usize,
     files: impl Iterator<Item = PathBuf>,
     device: &Device,
-) -> anyhow::Result<Vec<phase2::Classifier>> {
+) -> anyhow::Result<Vec<phase2::EncoderHead>> {
     files
         .map(|path| {
-            let model = phase2::Classifier::new(vision.clone(), Tensor::zeros([c, d], device));
+            let model = phase2::EncoderHead::new(vision.clone(), Tensor::zeros([c, d], device));
             crate::train::load_module(&path, model)
                 .with_context(|| format!("loading {}", path.display()))
         })

@@ -809,7 +809,7 @@ pub fn export_model(model: &Clip, dir: &Path) -> anyhow::Result<()> {
 /// `text`, both L2-normalised): `logits = min(exp(logit_scale), max_scale) * image . text^T`,
 /// loss = the mean of the image->text and text->image cross-entropies with the diagonal
 /// as targets. Returns the loss and the logits `[B, B]`.
-pub fn contrastive_loss(
+pub fn clip_loss(
     image: Tensor<2>,
     text: Tensor<2>,
     logit_scale: Tensor<1>,
@@ -1189,7 +1189,7 @@ pub fn pretrain(
                 Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), &train_device);
             let image = model.encode_image(pixels, None);
             let (loss, logits) =
-                contrastive_loss(image, text, model.logit_scale.val(), cfg.max_logit_scale);
+                clip_loss(image, text, model.logit_scale.val(), cfg.max_logit_scale);
             let mut grads = loss.backward();
             let lv = f64::from(to_vec(loss.inner())[0]);
             let host = to_vec(logits.inner());

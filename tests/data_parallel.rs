@@ -7,7 +7,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 mod common;
 
 use coft::clip::weights::load_model;
-use coft::method::phase2::Classifier;
+use coft::method::phase2::EncoderHead;
 use coft::train::parallel::DataParallel;
 use coft::train::{AdamWConfig, Optimizer, SgdConfig};
 
@@ -24,7 +24,7 @@ fn params(m: &impl Module) -> Vec<Vec<f32>> {
     p.0
 }
 
-fn loss(model: &Classifier, pixels: Tensor<4>, labels: &[usize], device: &Device) -> Tensor<1> {
+fn loss(model: &EncoderHead, pixels: Tensor<4>, labels: &[usize], device: &Device) -> Tensor<1> {
     let logits = model.forward(pixels);
     let c = logits.dims()[1];
     let y = Tensor::<1, Int>::from_data(
@@ -44,7 +44,7 @@ fn check(make_opt: impl Fn() -> Optimizer, lr: f64, batch: usize, replicas: usiz
     let s = clip.config.vision.image_size;
     let d = clip.config.projection_dim;
     let c = 5;
-    let model = Classifier::new(
+    let model = EncoderHead::new(
         clip.vision,
         Tensor::random([c, d], Distribution::Normal(0.0, 0.5), &ad),
     )
@@ -162,7 +162,7 @@ fn phase2_epochs_on_two_replicas_equal_one_device() {
             ),
             &ad,
         );
-        let model = Classifier::new(clip.vision, head);
+        let model = EncoderHead::new(clip.vision, head);
         let optim = OptimConfig {
             epochs: 2,
             batch_size: 6,

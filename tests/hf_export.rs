@@ -198,7 +198,7 @@ fn hf_export_reloads_through_the_hf_loader_and_matches_predict_exactly() {
         let wt: Vec<f32> = (0..d * 4).map(|k| w.data[(k % 4) * d + k / 4]).collect();
         let w: Tensor<2> = Tensor::from_data(TensorData::new(wt, [d, 4]), &dev);
         let bias: Tensor<1> = Tensor::from_data(TensorData::new(bias.data.clone(), [4]), &dev);
-        let clf = coft::method::phase2::Classifier {
+        let clf = coft::method::phase2::EncoderHead {
             vision,
             head: burn::nn::Linear {
                 weight: burn::module::Param::from_tensor(w),
@@ -268,7 +268,7 @@ fn hf_export_reloads_through_the_hf_loader_and_matches_predict_exactly() {
     let pp_path = hf.join("f2/preprocessor_config.json");
     let text = std::fs::read_to_string(&pp_path).unwrap();
     std::fs::write(&pp_path, text.replace("\"resample\": 3", "\"resample\": 2")).unwrap();
-    let err = coft::Classifier::load(&hf).err().unwrap().to_string();
+    let err = coft::EncoderHead::load(&hf).err().unwrap().to_string();
     assert!(
         err.contains("f2/preprocessor_config.json") && err.contains("resample"),
         "{err}"

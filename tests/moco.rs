@@ -11,7 +11,7 @@ use common::{fixtures, small_folder, train};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use coft::method::moco::{contrastive_loss, ema_update, Queue};
+use coft::method::moco::{info_nce, ema_update, Queue};
 
 fn t2(v: &[f64], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -63,7 +63,7 @@ fn contrastive_loss_matches_the_formula() {
         -((0.96f64 / tau).exp() / ((0.96f64 / tau).exp() + 1.0 + (-0.28f64 / tau).exp())).ln();
     let want = (row0 + row1) / 2.0;
     assert!((want - reference_loss(&q, &k, &queue, tau)).abs() < 1e-12);
-    let got = vals(contrastive_loss(
+    let got = vals(info_nce(
         t2(&q, 2, 3, &dev),
         t2(&k, 2, 3, &dev),
         Some(t2(&queue, 2, 3, &dev)),
@@ -75,7 +75,7 @@ fn contrastive_loss_matches_the_formula() {
     );
     // No negatives yet: the positive is the whole softmax, the loss is 0.
     for empty in [None, Some(Tensor::<2>::zeros([0, 3], &dev))] {
-        let got = vals(contrastive_loss(
+        let got = vals(info_nce(
             t2(&q, 2, 3, &dev),
             t2(&k, 2, 3, &dev),
             empty,
@@ -93,7 +93,7 @@ fn contrastive_gradient_reaches_q_only_and_matches_finite_differences() {
     let qt = t2(&q, 2, 3, &ad).require_grad();
     let kt = t2(&k, 2, 3, &ad).require_grad();
     let queue_t = t2(&queue, 2, 3, &ad).require_grad();
-    let loss = contrastive_loss(qt.clone(), kt.clone(), Some(queue_t.clone()), tau);
+    let loss = info_nce(qt.clone(), kt.clone(), Some(queue_t.clone()), tau);
     let grads = loss.backward();
     let g = vals(qt.grad(&grads).expect("gradient reaches q"));
     let h = 1e-6;

@@ -14,7 +14,7 @@ use coft::clip::ClipConfig;
 use coft::data::decode::DecodeLimits;
 use coft::infer::InferOptions;
 use coft::pretrain::{
-    self, contrastive_loss, load_pairs, parse_range, zero_shot_accuracy, EvalSet, PretrainConfig,
+    self, clip_loss, load_pairs, parse_range, zero_shot_accuracy, EvalSet, PretrainConfig,
     PretrainEvent, PretrainHooks,
 };
 use coft::train::read_metrics;
@@ -70,7 +70,7 @@ fn contrastive_loss_matches_hand_computed_values() {
         let ls: Tensor<1> =
             Tensor::from_data(TensorData::new(vec![scale.ln() as f32], [1]), &device);
         let (loss, logits) =
-            contrastive_loss(tensor2(&IMAGE, &device), tensor2(&TEXT, &device), ls, 100.0);
+            clip_loss(tensor2(&IMAGE, &device), tensor2(&TEXT, &device), ls, 100.0);
         let got = host(loss);
         let want = hand_loss(expected_scale);
         assert!(
@@ -84,7 +84,7 @@ fn contrastive_loss_matches_hand_computed_values() {
     // A swapped text order makes it worse: the diagonal no longer holds the best pairs.
     let ls: Tensor<1> = Tensor::from_data(TensorData::new(vec![10f32.ln()], [1]), &device);
     let swapped = [TEXT[1], TEXT[0], TEXT[2]];
-    let (loss, _) = contrastive_loss(
+    let (loss, _) = clip_loss(
         tensor2(&IMAGE, &device),
         tensor2(&swapped, &device),
         ls,
@@ -99,7 +99,7 @@ fn temperature_gradient_matches_finite_differences_and_stops_at_the_clamp() {
     for (ln_scale, clamped) in [(10f64.ln(), false), (1000f64.ln(), true)] {
         let ls: Tensor<1> =
             Tensor::from_data(TensorData::new(vec![ln_scale as f32], [1]), &device).require_grad();
-        let (loss, _) = contrastive_loss(
+        let (loss, _) = clip_loss(
             tensor2(&IMAGE, &device),
             tensor2(&TEXT, &device),
             ls.clone(),

@@ -19,9 +19,9 @@ use clap::{Args as ClapArgs, ValueEnum};
 use coft::clip::model::l2_normalize;
 use coft::clip::tokenizer::Tokenizer;
 use coft::method::losses::draw_complement;
-use coft::method::moco::{contrastive_loss, ema_update, Queue};
+use coft::method::moco::{info_nce, ema_update, Queue};
 use coft::method::phase1::phase1_loss;
-use coft::method::phase2::{phase2_loss, Classifier};
+use coft::method::phase2::{phase2_loss, EncoderHead};
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
@@ -550,7 +550,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
         Step::Phase2 | Step::Moco => {
             let clip = common::load_model(&format!("random:{shape}"), &ad)?;
             let d = clip.config.projection_dim;
-            let mut model = Some(Classifier::new(
+            let mut model = Some(EncoderHead::new(
                 clip.vision,
                 Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad),
             ));
@@ -590,7 +590,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                             coft::infer::to_vec(l2_normalize(f32_2(mom.forward(xk.clone(), None))));
                         let k: Tensor<2> =
                             Tensor::from_data(TensorData::new(k_host.clone(), [b, d]), &ad);
-                        loss = loss + contrastive_loss(v, k, queue.tensor(&ad), 0.2);
+                        loss = loss + info_nce(v, k, queue.tensor(&ad), 0.2);
                         keys = Some(k_host);
                     }
                     let clip = OptimConfig::phase2_default().clip_grad_norm;
@@ -611,7 +611,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
         Step::Sgd | Step::Adamw => {
             let clip = common::load_model(&format!("random:{shape}"), &ad)?;
             let d = clip.config.projection_dim;
-            let mut model = Some(Classifier::new(
+            let mut model = Some(EncoderHead::new(
                 clip.vision,
                 Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad),
             ));

@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use coft::clip::tokenizer::Tokenizer;
 use coft::method::losses::draw_complement;
 use coft::method::phase1::phase1_loss;
-use coft::method::phase2::{phase2_loss, Classifier};
+use coft::method::phase2::{phase2_loss, EncoderHead};
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
@@ -154,7 +154,7 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
         _ => {
             let clip = common::load_model(&format!("random:{}", a.shape), &ad)?;
             let d = clip.config.projection_dim;
-            let mut model = Classifier::new(
+            let mut model = EncoderHead::new(
                 clip.vision,
                 Tensor::random([c, d], Distribution::Normal(0.0, 0.02), &ad),
             );

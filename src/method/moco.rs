@@ -1,6 +1,6 @@
 //! CoFT+ addition 2 (METHOD.md): momentum contrastive learning during Phase II.
 //!
-//! - [`contrastive_loss`]: MoCo's InfoNCE, cross-entropy over `[q.k, q.queue] / tau'` with the
+//! - [`info_nce`]: MoCo's InfoNCE, cross-entropy over `[q.k, q.queue] / tau'` with the
 //!   positive at index 0; gradients reach `q` only.
 //! - [`Queue`]: a fixed-capacity ring buffer of past keys, saved in checkpoints.
 //! - [`ema_update`]: `theta_m <- mu theta_m + (1 - mu) theta` over every float parameter.
@@ -18,7 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::phase1::{count_correct, to_host, OptimConfig, StageEnv, StageProgress};
-use super::phase2::Classifier;
+use super::phase2::EncoderHead;
 use crate::clip::model::l2_normalize;
 use crate::clip::vision::VisionTower;
 use crate::data::loader::{epoch_order, load_batches, LoaderConfig, Transform};
@@ -92,7 +92,7 @@ pub enum MocoConfigError {
 /// `mean_b -log(exp(q.k/tau) / (exp(q.k/tau) + sum_queue exp(q.k'/tau)))`, computed as the
 /// cross-entropy of the logits `[q.k, q.queue] / tau` against index 0. `k` and the queue are
 /// detached: the gradient reaches `q` only.
-pub fn contrastive_loss(
+pub fn info_nce(
     q: Tensor<2>,
     k: Tensor<2>,
     queue: Option<Tensor<2>>,
@@ -428,7 +428,7 @@ fn load_moco_state(path: &Path, momentum: VisionTower) -> Result<(VisionTower, Q
 /// third, crop-and-flip view: one forward pass of the trained encoder per step.
 #[allow(clippy::too_many_arguments)]
 pub fn moco_finetune(
-    model: Classifier,
+    model: EncoderHead,
     data: &MocoSet,
     optim: &OptimConfig,
     moco: &MocoConfig,
@@ -437,7 +437,7 @@ pub fn moco_finetune(
     env: &mut StageEnv<'_>,
     views: &dyn Fn(u64, u64) -> Arc<Transform>,
     key_device: &Device,
-) -> Result<Classifier, TrainError> {
+) -> Result<EncoderHead, TrainError> {
     let n = data.paths.len();
     let s = model.vision.config.image_size;
     let dim = model.head.weight.val().dims()[0];
@@ -524,7 +524,7 @@ pub fn moco_finetune(
             let k_host = to_host(l2_normalize(momentum.forward(px_k, None)));
             let k: Tensor<2> =
                 Tensor::from_data(TensorData::new(k_host.clone(), [b, dim]), &train_device);
-            let cont = contrastive_loss(v, k, queue.tensor(&train_device), moco.temperature);
+            let cont = info_nce(v, k, queue.tensor(&train_device), moco.temperature);
 
             let loss = ce.clone() + cont.clone() * moco.gamma;
             let mut grads = loss.backward();
@@ -588,14 +588,14 @@ pub fn all_of_u(rows: &[crate::method::pseudo_labels::PseudoLabel], root: &Path)
 
 /// [`moco_finetune`] with MoCo v2's augmentation for both views, seeded by `seed`.
 pub fn phase2_with_moco(
-    model: Classifier,
+    model: EncoderHead,
     data: &MocoSet,
     cfg: &super::phase2::Phase2Config,
     seed: u64,
     stage: &StageDir,
     env: &mut StageEnv<'_>,
     key_device: &Device,
-) -> Result<Classifier, TrainError> {
+) -> Result<EncoderHead, TrainError> {
     let aug = crate::data::augment::moco_v2(model.vision.config.image_size as u32);
     let views = move |epoch: u64, view: u64| {
         crate::data::augment::transform(aug.clone(), seed, epoch, view)

@@ -99,12 +99,12 @@ impl<'de> Deserialize<'de> for Phase2Config {
 
 /// An image encoder with a linear head over its normalised embedding.
 #[derive(Module, Debug)]
-pub struct Classifier {
+pub struct EncoderHead {
     pub vision: VisionTower,
     pub head: Linear,
 }
 
-impl Classifier {
+impl EncoderHead {
     /// `head_init`: `[C, D]` class rows (already scaled) or random.
     pub fn new(vision: VisionTower, classes: Tensor<2>) -> Self {
         let [c, _d] = classes.dims();
@@ -196,13 +196,13 @@ pub fn embed_with_prompts(
 
 /// Fine-tune a classifier on a clean set (resumable per epoch).
 pub fn full_finetune(
-    model: Classifier,
+    model: EncoderHead,
     data: &LabeledSet,
     optim: &OptimConfig,
     seed: u64,
     stage: &StageDir,
     env: &mut StageEnv<'_>,
-) -> Result<Classifier, TrainError> {
+) -> Result<EncoderHead, TrainError> {
     let s = model.vision.config.image_size;
     run_epochs(
         "phase2",
@@ -238,7 +238,7 @@ pub fn phase2_loss(logits: Tensor<2>, labels: &[usize]) -> Tensor<1> {
 }
 
 /// Softmax probabilities `[B, C]` of a classifier (no gradients).
-pub fn classifier_probs(model: &Classifier, pixels: Tensor<4>) -> Tensor<2> {
+pub fn classifier_probs(model: &EncoderHead, pixels: Tensor<4>) -> Tensor<2> {
     softmax(model.forward(pixels), 1)
 }
 

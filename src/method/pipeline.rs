@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::phase1::{to_host, train_phase1, LabeledSet, StageEnv, StageProgress};
 use super::phase2::{
-    collaborative_filter_views, embed_with_prompts, full_finetune, model_view, Classifier,
+    collaborative_filter_views, embed_with_prompts, full_finetune, model_view, EncoderHead,
     HeadInit, ModelView,
 };
 use super::plan::{SetRule, Step0Selection};
@@ -957,7 +957,7 @@ pub fn build_classifier(
     fresh: Clip,
     rows: Tensor<2>,
     device: &Device,
-) -> Classifier {
+) -> EncoderHead {
     let [c, d] = rows.dims();
     let rows = match cfg.head_init {
         HeadInit::Prompts => rows,
@@ -968,7 +968,7 @@ pub fn build_classifier(
         ),
     };
     let rows = Tensor::from_data(TensorData::new(to_host(rows), [c, d]), device);
-    let model = Classifier::new(fresh.vision, rows);
+    let model = EncoderHead::new(fresh.vision, rows);
     if cfg.freeze_stem {
         model.freeze_stem()
     } else {
@@ -1020,7 +1020,7 @@ pub fn load_prompt_models(
 pub fn load_classifiers(
     run_dir: &Path,
     device: &Device,
-) -> anyhow::Result<(TrainConfig, Vec<String>, Vec<Classifier>)> {
+) -> anyhow::Result<(TrainConfig, Vec<String>, Vec<EncoderHead>)> {
     let layout = RunLayout::new(run_dir);
     let cfg = TrainConfig::load(&layout.config())?;
     let classes = zero_shot::read_classes(&layout.final_classes())?;
@@ -1037,7 +1037,7 @@ pub fn load_classifiers(
     }
     let mut out = Vec::new();
     for path in models {
-        let model = Classifier::new(clip.vision.clone(), Tensor::zeros([c, d], device));
+        let model = EncoderHead::new(clip.vision.clone(), Tensor::zeros([c, d], device));
         out.push(
             crate::train::load_module(&path, model)
                 .with_context(|| format!("loading {}", path.display()))?,

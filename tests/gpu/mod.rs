@@ -22,8 +22,8 @@ use coft::clip::tokenizer::Tokenizer;
 use coft::clip::weights::{load_files, Naming};
 use coft::clip::Clip;
 use coft::method::losses::{l1, l2, similarities};
-use coft::method::moco::{contrastive_loss, ema_update, Queue};
-use coft::method::phase2::Classifier;
+use coft::method::moco::{info_nce, ema_update, Queue};
+use coft::method::phase2::EncoderHead;
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
 };
@@ -301,7 +301,7 @@ fn phase2_step(dev: &Device, moco: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
     let head: Vec<f32> = (0..c * d)
         .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.01)
         .collect();
-    let model = Classifier::new(
+    let model = EncoderHead::new(
         clip.vision,
         Tensor::from_data(TensorData::new(head, [c, d]), &ad),
     );
@@ -335,7 +335,7 @@ fn phase2_step(dev: &Device, moco: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
         let xk = pixels.clone().inner().flip([2]);
         keys = host(l2_normalize(mom.forward(xk, None)));
         let k: Tensor<2> = Tensor::from_data(TensorData::new(keys.clone(), [b, d]), &ad);
-        loss = loss + contrastive_loss(v, k, queue.tensor(&ad), 0.2);
+        loss = loss + info_nce(v, k, queue.tensor(&ad), 0.2);
         momentum = Some(mom);
     }
     let loss_value = host(loss.clone().inner());
