@@ -268,7 +268,7 @@ fn hf_export_reloads_through_the_hf_loader_and_matches_predict_exactly() {
     let pp_path = hf.join("f2/preprocessor_config.json");
     let text = std::fs::read_to_string(&pp_path).unwrap();
     std::fs::write(&pp_path, text.replace("\"resample\": 3", "\"resample\": 2")).unwrap();
-    let err = coft::EncoderHead::load(&hf).err().unwrap().to_string();
+    let err = coft::Classifier::load(&hf).err().unwrap().to_string();
     assert!(
         err.contains("f2/preprocessor_config.json") && err.contains("resample"),
         "{err}"
