@@ -33,7 +33,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::{Module, ModuleMapper, Param};
@@ -49,13 +48,16 @@ use crate::clip::weights::{build_clip, clip_to_hf, random_hf, write_safetensors,
 use crate::clip::Clip;
 use crate::data::augment;
 use crate::data::decode::DecodeLimits;
-use crate::data::loader::{epoch_order, inference_transform, load_batches, mix, LoaderConfig};
+use crate::data::loader::{inference_transform, mix};
 use crate::data::loader::{Skipped, Transform};
 use crate::data::source::DataSpec;
 use crate::infer::{embed_images, to_vec, InferOptions};
 use crate::method::zero_shot;
+use crate::train::epochs::{
+    train_epochs, EpochPlan, EpochTask, EpochTotals, StageProgress, StepBatch,
+};
 use crate::train::stage::StageDir;
-use crate::train::{read_metrics, AdamWConfig, LrSchedule, MetricsWriter, Optimizer};
+use crate::train::{AdamWConfig, LrSchedule, Optimizer, TrainError};
 
 /// Caption templates for class-labelled data (CLIP's ImageNet prompt style; the first eight
 /// are the ones issue 6 names).
@@ -987,7 +989,7 @@ impl EvalSet {
         let ds = parsed
             .load()
             .with_context(|| format!("loading eval data {spec}"))?;
-        let (_, test) = crate::method::pipeline::split_data(&ds);
+        let (_, test) = crate::data::split_data(&ds);
         let ds = test.unwrap_or(ds);
         let samples: Vec<_> = ds
             .samples
@@ -1052,30 +1054,6 @@ pub fn zero_shot_accuracy(
     right as f64 / set.paths.len() as f64
 }
 
-fn nodecay_path(stage: &StageDir, epoch: usize) -> PathBuf {
-    stage.path(&format!("optim_nodecay.e{epoch}.safetensors"))
-}
-
-/// Keep only the metrics of epochs `<= done` (a crash between the metrics line and the
-/// checkpoint must not leave a line the resumed run writes again).
-fn trim_metrics(path: &Path, done: usize) -> anyhow::Result<()> {
-    if !path.is_file() {
-        return Ok(());
-    }
-    let records = read_metrics(path)?;
-    let kept: Vec<_> = records
-        .into_iter()
-        .filter(|r| r.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0) as usize <= done)
-        .collect();
-    let mut text = String::new();
-    for r in kept {
-        text.push_str(&serde_json::to_string(&r)?);
-        text.push('\n');
-    }
-    crate::util::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 /// Train (or resume) a CLIP from scratch on `cfg.data` in run folder `out`; at the end,
 /// `out` holds `config.json` + `model.safetensors`.
 pub fn pretrain(
@@ -1112,117 +1090,161 @@ pub fn pretrain(
         eps: cfg.eps,
         weight_decay: cfg.weight_decay,
     };
-    let mut decay = Optimizer::adamw(adamw);
-    let mut no_decay = Optimizer::adamw(AdamWConfig {
+    let decay = Optimizer::adamw(adamw);
+    let no_decay = Optimizer::adamw(AdamWConfig {
         weight_decay: 0.0,
         ..adamw
     });
-    let (mut model, done) = stage.restore(model, &mut decay)?;
-    if done > 0 {
-        no_decay.load_state(&nodecay_path(&stage, done))?;
-    }
-    let metrics_path = stage.path("metrics.jsonl");
-    trim_metrics(&metrics_path, done)?;
-    let mut metrics = MetricsWriter::append(&metrics_path)?;
-
-    let bs = cfg.batch_size;
-    let steps_per_epoch = cfg.steps_per_epoch(n);
-    let schedule = cfg.schedule(steps_per_epoch);
-    let s = clip_cfg.vision.image_size;
-    let limits = DecodeLimits::default();
-    (hooks.progress)(&PretrainEvent::Start {
-        samples: n,
-        captions: pairs.texts.len(),
+    let plan = EpochPlan {
+        paths: &pairs.paths,
+        batch_size: cfg.batch_size,
         epochs: cfg.epochs,
-        steps_per_epoch,
-        done_epochs: done,
+        schedule: cfg.schedule(cfg.steps_per_epoch(n)),
+        seed: cfg.seed,
+        image_size: clip_cfg.vision.image_size,
+        prefetch: 3,
+        limits: DecodeLimits::default(),
+    };
+    let mut task = PretrainTask {
+        cfg,
+        pairs: &pairs,
+        tokenizer: &tokenizer,
+        eval: eval.as_ref(),
+        hooks,
+        train_device,
+        image_size: clip_cfg.vision.image_size,
+        no_decay,
         parameters,
-    });
-    let mut summaries = Vec::new();
-    let mut skipped_all = Vec::new();
-    for epoch in done..cfg.epochs {
-        let started = Instant::now();
-        let order = epoch_order(n, cfg.seed, epoch as u64);
-        let paths: Vec<PathBuf> = order.iter().map(|&i| pairs.paths[i].clone()).collect();
-        let loader = LoaderConfig {
-            batch_size: bs,
-            prefetch: 3,
-            image_size: s,
-            limits,
-        };
-        let transform = training_transform(cfg, s, epoch as u64);
-        let (rx, handle) = load_batches(Arc::new(paths), loader, transform);
-        let (mut loss_sum, mut seen, mut hit_i2t, mut hit_t2i) = (0.0, 0usize, 0usize, 0usize);
-        let mut skipped = 0usize;
-        let mut lr = schedule.lr(epoch * steps_per_epoch);
-        for (step_in_epoch, batch) in rx.into_iter().enumerate() {
-            skipped += batch.skipped.len();
-            skipped_all.extend(batch.skipped);
-            let b = batch.indices.len();
-            let step = epoch * steps_per_epoch + step_in_epoch;
-            lr = schedule.lr(step);
-            if b < 2 {
-                continue;
-            }
-            let captions: Vec<usize> = batch
-                .indices
-                .iter()
-                .map(|&j| pairs.caption(order[j], cfg.seed, epoch as u64))
-                .collect();
-            // The text tower runs once per distinct caption, in first-seen order.
-            let mut distinct: Vec<usize> = Vec::new();
-            let mut row_of: HashMap<usize, usize> = HashMap::new();
-            let rows: Vec<i64> = captions
-                .iter()
-                .map(|&c| {
-                    *row_of.entry(c).or_insert_with(|| {
-                        distinct.push(c);
-                        distinct.len() - 1
-                    }) as i64
-                })
-                .collect();
-            let ids: Vec<Vec<u32>> = distinct.iter().map(|&c| pairs.tokens[c].clone()).collect();
-            let text = model.encode_text(&TokenBatch::new(&ids));
-            let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &train_device);
-            let text = text.select(0, rows);
-            let pixels: Tensor<4> =
-                Tensor::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), &train_device);
-            let image = model.encode_image(pixels, None);
-            let (loss, logits) =
-                clip_loss(image, text, model.logit_scale.val(), cfg.max_logit_scale);
-            let mut grads = loss.backward();
-            let lv = f64::from(to_vec(loss.inner())[0]);
-            let host = to_vec(logits.inner());
-            let groups: Vec<usize> = captions.iter().map(|&c| pairs.group(c)).collect();
-            let (i2t, t2i) = batch_hits(&host, &groups);
-            hit_i2t += i2t;
-            hit_t2i += t2i;
-            loss_sum += lv * b as f64;
-            seen += b;
-            model = adamw_step(model, &mut decay, &mut no_decay, &mut grads, lr);
-            model = clamp_logit_scale(model, cfg.max_logit_scale);
-            (hooks.progress)(&PretrainEvent::Step {
-                epoch,
-                step_in_epoch: step_in_epoch + 1,
-                steps_per_epoch,
-                loss: lv,
-            });
+        sums: PretrainSums::default(),
+        summaries: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let model = train_epochs(model, decay, &plan, &stage, &mut task)?;
+    export_model(&model, out)?;
+    Ok(PretrainSummary {
+        model_dir: out.to_path_buf(),
+        epochs: task.summaries,
+        skipped: task.skipped,
+    })
+}
+
+/// CLIP's contrastive step inside the shared epoch loop: the text tower once per distinct
+/// caption of the batch, [`clip_loss`], AdamW over two parameter groups (the loop's
+/// optimiser for weights that decay, `no_decay` for the rest, saved as the stage's extra
+/// state), the temperature clamped after every step; at the end of chosen epochs, zero-shot
+/// accuracy on the evaluation set.
+struct PretrainTask<'a, 'h> {
+    cfg: &'a PretrainConfig,
+    pairs: &'a Pairs,
+    tokenizer: &'a Tokenizer,
+    eval: Option<&'a EvalSet>,
+    hooks: &'a mut PretrainHooks<'h>,
+    train_device: Device,
+    image_size: usize,
+    no_decay: Optimizer,
+    parameters: usize,
+    sums: PretrainSums,
+    summaries: Vec<EpochSummary>,
+    skipped: Vec<Skipped>,
+}
+
+#[derive(Default)]
+struct PretrainSums {
+    hit_i2t: usize,
+    hit_t2i: usize,
+    skipped: usize,
+}
+
+impl EpochTask<Clip> for PretrainTask<'_, '_> {
+    type Record = EpochSummary;
+
+    fn transform(&self, epoch: u64, _view: usize) -> Arc<Transform> {
+        training_transform(self.cfg, self.image_size, epoch)
+    }
+
+    fn start(&mut self, done: usize, steps_per_epoch: usize) {
+        (self.hooks.progress)(&PretrainEvent::Start {
+            samples: self.pairs.len(),
+            captions: self.pairs.texts.len(),
+            epochs: self.cfg.epochs,
+            steps_per_epoch,
+            done_epochs: done,
+            parameters: self.parameters,
+        });
+    }
+
+    fn step(
+        &mut self,
+        model: Clip,
+        decay: &mut Optimizer,
+        batch: StepBatch,
+    ) -> Result<(Clip, Option<f64>), TrainError> {
+        let (cfg, pairs) = (self.cfg, self.pairs);
+        self.sums.skipped += batch.skipped.len();
+        self.skipped.extend(batch.skipped);
+        let b = batch.samples.len();
+        if b < 2 {
+            return Ok((model, None));
         }
-        let _ = handle.join();
-        let seconds = started.elapsed().as_secs_f64();
-        let seen_f = seen.max(1) as f64;
+        let s = model.config.vision.image_size;
+        let epoch = batch.epoch as u64;
+        let captions: Vec<usize> = batch
+            .samples
+            .iter()
+            .map(|&i| pairs.caption(i, cfg.seed, epoch))
+            .collect();
+        // The text tower runs once per distinct caption, in first-seen order.
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut row_of: HashMap<usize, usize> = HashMap::new();
+        let rows: Vec<i64> = captions
+            .iter()
+            .map(|&c| {
+                *row_of.entry(c).or_insert_with(|| {
+                    distinct.push(c);
+                    distinct.len() - 1
+                }) as i64
+            })
+            .collect();
+        let ids: Vec<Vec<u32>> = distinct.iter().map(|&c| pairs.tokens[c].clone()).collect();
+        let text = model.encode_text(&TokenBatch::new(&ids));
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &self.train_device);
+        let text = text.select(0, rows);
+        let pixels = batch.pixels.into_iter().next().unwrap_or_default();
+        let pixels: Tensor<4> =
+            Tensor::from_data(TensorData::new(pixels, [b, 3, s, s]), &self.train_device);
+        let image = model.encode_image(pixels, None);
+        let (loss, logits) = clip_loss(image, text, model.logit_scale.val(), cfg.max_logit_scale);
+        let mut grads = loss.backward();
+        let lv = f64::from(to_vec(loss.inner())[0]);
+        let host = to_vec(logits.inner());
+        let groups: Vec<usize> = captions.iter().map(|&c| pairs.group(c)).collect();
+        let (i2t, t2i) = batch_hits(&host, &groups);
+        self.sums.hit_i2t += i2t;
+        self.sums.hit_t2i += t2i;
+        let model = adamw_step(model, decay, &mut self.no_decay, &mut grads, batch.lr);
+        Ok((clamp_logit_scale(model, cfg.max_logit_scale), Some(lv)))
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &Clip,
+        t: &EpochTotals,
+    ) -> Result<(EpochSummary, f64), TrainError> {
+        let cfg = self.cfg;
+        let sums = std::mem::take(&mut self.sums);
+        let seen = t.images.max(1) as f64;
         let scale = f64::from(model.logit_scale_exp());
-        let last = epoch + 1 == cfg.epochs;
-        let zero_shot_acc = match &eval {
-            Some(set) if last || (cfg.eval_every > 0 && (epoch + 1) % cfg.eval_every == 0) => {
+        let last = t.epoch == cfg.epochs;
+        let zero_shot_acc = match self.eval {
+            Some(set) if last || (cfg.eval_every > 0 && t.epoch.is_multiple_of(cfg.eval_every)) => {
                 let opts = InferOptions {
                     batch_size: cfg.eval_batch_size,
-                    device: hooks.device.clone(),
-                    limits,
+                    device: self.hooks.device.clone(),
+                    limits: DecodeLimits::default(),
                 };
                 Some(zero_shot_accuracy(
                     &model.valid(),
-                    &tokenizer,
+                    self.tokenizer,
                     set,
                     &cfg.templates,
                     cfg.underscores_to_spaces,
@@ -1233,39 +1255,51 @@ pub fn pretrain(
         };
         let summary = EpochSummary {
             stage: "pretrain".into(),
-            epoch: epoch + 1,
-            step: (epoch + 1) * steps_per_epoch,
-            loss: loss_sum / seen_f,
-            lr,
+            epoch: t.epoch,
+            step: t.step,
+            loss: t.loss,
+            lr: t.lr,
             logit_scale: scale,
             temperature: 1.0 / scale,
-            acc_i2t: hit_i2t as f64 / seen_f,
-            acc_t2i: hit_t2i as f64 / seen_f,
-            images: seen,
-            skipped,
-            seconds,
-            steps_per_s: steps_per_epoch as f64 / seconds.max(1e-9),
+            acc_i2t: sums.hit_i2t as f64 / seen,
+            acc_t2i: sums.hit_t2i as f64 / seen,
+            images: t.images,
+            skipped: sums.skipped,
+            seconds: t.seconds,
+            steps_per_s: t.steps_per_epoch as f64 / t.seconds.max(1e-9),
             zero_shot_acc,
         };
-        // Metrics first: a crash before the checkpoint leaves a line that the resumed run
-        // trims and writes again; a crash after it leaves both.
-        metrics.write(&summary)?;
-        no_decay.save(&nodecay_path(&stage, epoch + 1))?;
-        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &decay)?;
-        // The previous epoch's stays with its checkpoint (the fallback of a damaged one).
-        for old in 1..epoch {
-            let _ = std::fs::remove_file(nodecay_path(&stage, old));
-        }
-        (hooks.progress)(&PretrainEvent::Epoch(summary.clone()));
-        summaries.push(summary);
+        self.summaries.push(summary.clone());
+        let acc = summary.acc_i2t;
+        Ok((summary, acc))
     }
-    export_model(&model, out)?;
-    stage.mark_done()?;
-    Ok(PretrainSummary {
-        model_dir: out.to_path_buf(),
-        epochs: summaries,
-        skipped: skipped_all,
-    })
+
+    fn extra_state(&self) -> Option<&'static str> {
+        Some("optim_nodecay")
+    }
+
+    fn save_extra(&self, path: &Path) -> Result<(), TrainError> {
+        self.no_decay.save(path)
+    }
+
+    fn load_extra(&mut self, path: &Path) -> Result<(), TrainError> {
+        self.no_decay.load_state(path)
+    }
+
+    fn report(&mut self, progress: StageProgress) {
+        match (progress.epoch_summary, self.summaries.last()) {
+            (None, _) => (self.hooks.progress)(&PretrainEvent::Step {
+                epoch: progress.epoch,
+                step_in_epoch: progress.step_in_epoch,
+                steps_per_epoch: progress.steps_per_epoch,
+                loss: progress.loss,
+            }),
+            (Some(_), Some(summary)) => {
+                (self.hooks.progress)(&PretrainEvent::Epoch(summary.clone()))
+            }
+            (Some(_), None) => {}
+        }
+    }
 }
 
 /// In-batch hits (image -> text, text -> image) from row-major logits `[B, B]`, with

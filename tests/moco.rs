@@ -11,7 +11,7 @@ use common::{fixtures, small_folder, train};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use coft::method::moco::{info_nce, ema_update, Queue};
+use coft::method::moco::{ema_update, info_nce, Queue};
 
 fn t2(v: &[f64], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -75,12 +75,7 @@ fn contrastive_loss_matches_the_formula() {
     );
     // No negatives yet: the positive is the whole softmax, the loss is 0.
     for empty in [None, Some(Tensor::<2>::zeros([0, 3], &dev))] {
-        let got = vals(info_nce(
-            t2(&q, 2, 3, &dev),
-            t2(&k, 2, 3, &dev),
-            empty,
-            tau,
-        ))[0];
+        let got = vals(info_nce(t2(&q, 2, 3, &dev), t2(&k, 2, 3, &dev), empty, tau))[0];
         assert!(got.abs() < 1e-6, "{got}");
     }
 }
@@ -357,13 +352,12 @@ fn moco_phase2_trains_logs_and_resumes_exactly() {
         }
         // From the second step on the queue holds negatives: the loss is positive.
         assert!(m[1]["loss_cont"].as_f64().unwrap() > 0.0, "{m:?}");
-        // The momentum state is checkpointed with the last epoch only.
-        assert!(straight
-            .join(format!("phase2/{f}/moco.e2.safetensors"))
-            .is_file());
-        assert!(!straight
-            .join(format!("phase2/{f}/moco.e1.safetensors"))
-            .exists());
+        // The momentum state is checkpointed with every epoch and kept for the same two
+        // epochs as the model (the previous one is the fallback of a damaged latest).
+        for e in [1, 2] {
+            let p = straight.join(format!("phase2/{f}/moco.e{e}.safetensors"));
+            assert!(p.is_file(), "{} missing", p.display());
+        }
     }
 
     // Crash after f1's first epoch (3rd checkpoint: m1, m2, f1 e1), then inside f2, resume.
@@ -393,10 +387,32 @@ fn moco_phase2_trains_logs_and_resumes_exactly() {
             "{f} differs after resume"
         );
     }
-    let (a, b) = (
-        metrics(&straight.join("phase2/f2/metrics.jsonl")),
-        metrics(&resumed.join("phase2/f2/metrics.jsonl")),
-    );
-    // (The crash lost f2's first metrics line, as in every stage: compare the last.)
-    assert_eq!(a.last(), b.last(), "the logged losses differ after resume");
+    // A metrics line is written before the checkpoint that commits its epoch, and lines of
+    // epochs not committed are dropped on resume: no crash loses or repeats one.
+    for f in ["f1", "f2"] {
+        let path = format!("phase2/{f}/metrics.jsonl");
+        let (a, b) = (
+            metrics(&straight.join(&path)),
+            metrics(&resumed.join(&path)),
+        );
+        assert_eq!(a, b, "{path}: the logged losses differ after resume");
+    }
+
+    // A damaged latest checkpoint of a MoCo stage falls back to the previous epoch, whose
+    // momentum encoder and queue were kept with it, and trains to the same result.
+    let f2 = resumed.join("phase2/f2");
+    let mut bytes = std::fs::read(f2.join("model.e2.safetensors")).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x40;
+    std::fs::write(f2.join("model.e2.safetensors"), bytes).unwrap();
+    let o = train(&["--resume", resumed.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("resuming from epoch 1"), "{err}");
+    for f in ["final/f2.safetensors", "phase2/f2/moco.e2.safetensors"] {
+        assert!(
+            std::fs::read(straight.join(f)).unwrap() == std::fs::read(resumed.join(f)).unwrap(),
+            "{f} differs after the fallback"
+        );
+    }
 }

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Distribution, FloatDType, Tensor, TensorData};
+use burn::tensor::{Distribution, FloatDType, Tensor};
 use clap::{Args as ClapArgs, ValueEnum};
 use coft::clip::model::l2_normalize;
 use coft::clip::tokenizer::Tokenizer;
 use coft::method::losses::draw_complement;
-use coft::method::moco::{info_nce, ema_update, Queue};
+use coft::method::moco::{ema_update, moco_loss, MocoConfig, Queue};
 use coft::method::phase1::phase1_loss;
 use coft::method::phase2::{phase2_loss, EncoderHead};
 use coft::method::prompts::{
@@ -559,6 +559,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
             // The momentum encoder (no autodiff) and a full queue, as in steady state.
             let mut momentum = moco.then(|| model.as_ref().unwrap().vision.valid());
             let mut queue = Queue::new(8192, d)?;
+            let (mcfg, clean) = (MocoConfig::default(), vec![true; b]);
             if moco {
                 let keys = l2_normalize(Tensor::<2>::random(
                     [8192, d],
@@ -578,25 +579,29 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                     };
                     let v = l2_normalize(f32_2(vision.forward(xq.clone(), None)));
                     let logits = m.head.forward(v.clone());
-                    let mut loss = phase2_loss(logits, &labels);
                     let mut keys = None;
-                    if let Some(mom) = &momentum {
-                        let mom = if bf16 {
-                            autocast(mom, FloatDType::BF16)
-                        } else {
-                            mom.clone()
-                        };
-                        let k_host =
-                            coft::infer::to_vec(l2_normalize(f32_2(mom.forward(xk.clone(), None))));
-                        let k: Tensor<2> =
-                            Tensor::from_data(TensorData::new(k_host.clone(), [b, d]), &ad);
-                        loss = loss + info_nce(v, k, queue.tensor(&ad), 0.2);
-                        keys = Some(k_host);
-                    }
+                    // The losses training uses: Phase II's cross-entropy, or with MoCo
+                    // `moco_loss` (every row clean, the default temperature and weight).
+                    let loss = match &momentum {
+                        None => phase2_loss(logits, &labels),
+                        Some(mom) => {
+                            let mom = if bf16 {
+                                autocast(mom, FloatDType::BF16)
+                            } else {
+                                mom.clone()
+                            };
+                            let k_host = coft::infer::to_vec(l2_normalize(f32_2(
+                                mom.forward(xk.clone(), None),
+                            )));
+                            let out = moco_loss(v, logits, &k_host, &labels, &clean, &queue, &mcfg);
+                            keys = Some(k_host);
+                            out.loss
+                        }
+                    };
                     let clip = OptimConfig::phase2_default().clip_grad_norm;
                     let m = optimizer_step(m, &mut opt, loss, clip, 1e-4).0;
                     if let Some(mom) = momentum.take() {
-                        momentum = Some(ema_update(mom, &m.vision, 0.999).expect("ema"));
+                        momentum = Some(ema_update(mom, &m.vision, mcfg.momentum).expect("ema"));
                         queue.enqueue(&keys.unwrap_or_default()).expect("enqueue");
                     }
                     let _ = coft::infer::to_vec(m.head.weight.val().inner().narrow(0, 0, 1));

@@ -46,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let ds = spec
                     .load()
                     .with_context(|| format!("loading --data {spec_text}"))?;
-                let (_, test) = coft::method::pipeline::split_data(&ds);
+                let (_, test) = coft::data::split_data(&ds);
                 let on_test = test.is_some();
                 let eval_set = test.unwrap_or(ds);
                 let ev = common::evaluate_run_with_progress(

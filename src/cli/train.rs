@@ -448,7 +448,7 @@ fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
     let ds = spec
         .load()
         .with_context(|| format!("loading data {}", cfg.data))?;
-    let (u, _) = pipeline::split_data(&ds);
+    let (u, _) = coft::data::split_data(&ds);
     pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
     // The same checks a run makes before it writes anything (models loaded, templates,
     // labeled file, context length).
@@ -480,7 +480,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let spec: coft::data::source::DataSpec =
         a.data.parse().map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let ds = spec.load()?;
-    let (_, test) = pipeline::split_data(&ds);
+    let (_, test) = coft::data::split_data(&ds);
     let test = test.unwrap_or(ds.clone());
     if !test.has_labels() {
         bail!("{}: no labels to evaluate against", a.data);
@@ -569,7 +569,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|s| Ok(s.load()?))
     {
-        let (u, _) = pipeline::split_data(&train);
+        let (u, _) = coft::data::split_data(&train);
         let pairs: Vec<(usize, usize)> = u
             .samples
             .iter()

@@ -4,10 +4,11 @@
 //!   positive at index 0; gradients reach `q` only.
 //! - [`Queue`]: a fixed-capacity ring buffer of past keys, saved in checkpoints.
 //! - [`ema_update`]: `theta_m <- mu theta_m + (1 - mu) theta` over every float parameter.
-//! - [`moco_finetune`]: the Phase II epoch loop with both losses, `L = L_FFT + gamma L_cont`,
-//!   batches from all of U (cross-entropy on the batch's clean samples, contrastive on all),
-//!   two views per image; the momentum encoder and the queue are checkpointed with every
-//!   epoch, so a resumed run continues exactly.
+//! - [`moco_loss`]: one batch's `L = L_FFT + gamma L_cont` (cross-entropy on the batch's clean
+//!   samples, contrastive on all).
+//! - [`moco_finetune`]: Phase II in the shared epoch loop over all of U, two views per image;
+//!   the momentum encoder and the queue are checkpointed with every epoch, so a resumed run
+//!   continues exactly.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,89 +16,23 @@ use std::sync::Arc;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
 use super::phase1::{count_correct, to_host, OptimConfig, StageEnv, StageProgress};
 use super::phase2::EncoderHead;
+pub use super::phase2::{MocoConfig, MocoConfigError};
 use crate::clip::model::l2_normalize;
 use crate::clip::vision::VisionTower;
-use crate::data::loader::{epoch_order, load_batches, LoaderConfig, Transform};
+use crate::data::loader::Transform;
+use crate::train::epochs::{train_epochs, EpochPlan, EpochTask, EpochTotals, StepBatch};
 use crate::train::stage::StageDir;
-use crate::train::{HostData, MetricsWriter, NamedTensors, Optimizer, TrainError};
-
-/// `phase2.moco` in the run config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MocoConfig {
-    /// Train Phase II with the contrastive loss; unset = by method (on for CoFT+, off
-    /// otherwise).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// EMA coefficient mu of the momentum encoder.
-    pub momentum: f64,
-    /// Keys kept as negatives.
-    pub queue_size: usize,
-    /// tau' of the contrastive loss.
-    pub temperature: f64,
-    /// Weight of the contrastive loss: `L = L_FFT + gamma L_cont`.
-    pub gamma: f64,
-}
-
-impl Default for MocoConfig {
-    fn default() -> Self {
-        Self {
-            enabled: None,
-            momentum: 0.999,
-            queue_size: 8192,
-            temperature: 0.2,
-            gamma: 1.0,
-        }
-    }
-}
-
-impl MocoConfig {
-    /// Problems name the option (`phase2.moco.<key>`).
-    pub fn validate(&self) -> Result<(), MocoConfigError> {
-        if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(MocoConfigError::Momentum(self.momentum));
-        }
-        if self.queue_size == 0 {
-            return Err(MocoConfigError::QueueSize);
-        }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(MocoConfigError::Temperature(self.temperature));
-        }
-        if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
-            return Err(MocoConfigError::Gamma(self.gamma));
-        }
-        Ok(())
-    }
-}
-
-/// A `phase2.moco` value out of range ([`MocoConfig::validate`]); the message names the option.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum MocoConfigError {
-    #[error("phase2.moco.momentum: must be in [0, 1], got {0}")]
-    Momentum(f64),
-    #[error("phase2.moco.queue_size: must be at least 1")]
-    QueueSize,
-    #[error("phase2.moco.temperature: must be > 0, got {0}")]
-    Temperature(f64),
-    #[error("phase2.moco.gamma: must be >= 0, got {0}")]
-    Gamma(f64),
-}
+use crate::train::{HostData, NamedTensors, Optimizer, TrainError};
 
 /// MoCo's contrastive loss for L2-normalised queries `q [B, D]`, their keys `k [B, D]` and
 /// the queued keys `[Q, D]` (`None` or `Q = 0`: no negatives yet, the loss is 0):
 /// `mean_b -log(exp(q.k/tau) / (exp(q.k/tau) + sum_queue exp(q.k'/tau)))`, computed as the
 /// cross-entropy of the logits `[q.k, q.queue] / tau` against index 0. `k` and the queue are
 /// detached: the gradient reaches `q` only.
-pub fn info_nce(
-    q: Tensor<2>,
-    k: Tensor<2>,
-    queue: Option<Tensor<2>>,
-    tau: f64,
-) -> Tensor<1> {
+pub fn info_nce(q: Tensor<2>, k: Tensor<2>, queue: Option<Tensor<2>>, tau: f64) -> Tensor<1> {
     let [b, _] = q.dims();
     let k = k.detach();
     let l_pos = (q.clone() * k).sum_dim(1); // [B, 1]
@@ -378,12 +313,6 @@ pub struct MocoSet {
     pub clean: Vec<bool>,
 }
 
-/// The momentum encoder and the queue, written before the epoch's `state.json` so that the
-/// epoch a resume restores always has them.
-fn moco_path(stage: &StageDir, epoch: usize) -> PathBuf {
-    stage.path(&format!("moco.e{epoch}.safetensors"))
-}
-
 fn save_moco_state(path: &Path, momentum: &VisionTower, queue: &Queue) -> Result<(), TrainError> {
     let mut tensors: Vec<(String, HostData)> = crate::train::module_tensors(momentum)
         .into_iter()
@@ -418,12 +347,193 @@ fn load_moco_state(path: &Path, momentum: VisionTower) -> Result<(VisionTower, Q
     Ok((momentum, queue))
 }
 
-/// Phase II with momentum contrast (METHOD.md CoFT+ 2), resumable per epoch like
-/// [`crate::method::phase1::run_epochs`]. Each epoch visits all of `data` in a seeded order;
-/// `views(epoch, view)` gives the augmentation of the query (view 0) and key (view 1). The
-/// query view goes through the trained encoder (cross-entropy on the batch's clean samples
-/// and the contrastive query), the key view through the momentum encoder, a copy of
-/// `model.vision` as given, on `key_device` (no autodiff), updated by EMA after every step.
+/// The losses of one MoCo Phase II batch (METHOD.md CoFT+ 2), `L = L_FFT + gamma L_cont`:
+/// the cross-entropy of `logits` on the rows marked `clean` (mean over them; 0 without any)
+/// and the InfoNCE of the normalised queries `v` against their `keys` (host, `[B, D]`, from
+/// the momentum encoder) and the queue. Training and `bench perf` both call it.
+pub struct MocoLoss {
+    pub loss: Tensor<1>,
+    pub ce: Tensor<1>,
+    pub contrastive: Tensor<1>,
+    /// Clean rows whose argmax is their label.
+    pub correct: usize,
+}
+
+pub fn moco_loss(
+    v: Tensor<2>,
+    logits: Tensor<2>,
+    keys: &[f32],
+    labels: &[usize],
+    clean: &[bool],
+    queue: &Queue,
+    cfg: &MocoConfig,
+) -> MocoLoss {
+    let device = logits.device();
+    let [b, c] = logits.dims();
+    let dim = v.dims()[1];
+    let n_clean = clean.iter().filter(|&&m| m).count();
+    let target: Vec<f32> = labels
+        .iter()
+        .zip(clean)
+        .flat_map(|(&y, &m)| (0..c).map(move |j| if m && j == y { 1.0 } else { 0.0 }))
+        .collect();
+    let target: Tensor<2> = Tensor::from_data(TensorData::new(target, [b, c]), &device);
+    let ce = (log_softmax(logits.clone(), 1) * target)
+        .sum()
+        .neg()
+        .div_scalar(n_clean.max(1) as f64);
+    let clean_rows: Vec<i64> = (0..b).filter(|&r| clean[r]).map(|r| r as i64).collect();
+    let mut correct = 0;
+    if !clean_rows.is_empty() {
+        let rows = Tensor::<1, Int>::from_data(
+            TensorData::new(clean_rows.clone(), [clean_rows.len()]),
+            &device,
+        );
+        let clean_labels: Vec<usize> = (0..b).filter(|&r| clean[r]).map(|r| labels[r]).collect();
+        correct = count_correct(logits.select(0, rows), &clean_labels);
+    }
+    let k: Tensor<2> = Tensor::from_data(TensorData::new(keys.to_vec(), [b, dim]), &device);
+    let contrastive = info_nce(v, k, queue.tensor(&device), cfg.temperature);
+    MocoLoss {
+        loss: ce.clone() + contrastive.clone() * cfg.gamma,
+        ce,
+        contrastive,
+        correct,
+    }
+}
+
+/// Phase II with momentum contrast inside the shared epoch loop: the query view through the
+/// trained encoder (cross-entropy on the batch's clean samples and the contrastive query),
+/// the key view through the momentum encoder on `key_device` (no autodiff), which follows the
+/// trained one by EMA after every step; the momentum encoder and the queue are the stage's
+/// extra state, so a resumed run continues exactly.
+struct MocoTask<'e, 'a> {
+    data: &'a MocoSet,
+    cfg: &'a MocoConfig,
+    env: &'a mut StageEnv<'e>,
+    views: &'a dyn Fn(u64, u64) -> Arc<Transform>,
+    key_device: &'a Device,
+    image_size: usize,
+    momentum: Option<VisionTower>,
+    queue: Queue,
+    sums: MocoSums,
+}
+
+#[derive(Default)]
+struct MocoSums {
+    ce: f64,
+    contrastive: f64,
+    correct: usize,
+    clean: usize,
+}
+
+impl EpochTask<EncoderHead> for MocoTask<'_, '_> {
+    type Record = serde_json::Value;
+
+    fn views(&self) -> usize {
+        2
+    }
+
+    fn transform(&self, epoch: u64, view: usize) -> Arc<Transform> {
+        (self.views)(epoch, view as u64)
+    }
+
+    fn step(
+        &mut self,
+        model: EncoderHead,
+        opt: &mut Optimizer,
+        batch: StepBatch,
+    ) -> Result<(EncoderHead, Option<f64>), TrainError> {
+        let b = batch.samples.len();
+        if b == 0 {
+            return Ok((model, None));
+        }
+        let s = self.image_size;
+        let labels: Vec<usize> = batch.samples.iter().map(|&i| self.data.labels[i]).collect();
+        let clean: Vec<bool> = batch.samples.iter().map(|&i| self.data.clean[i]).collect();
+        let n_clean = clean.iter().filter(|&&m| m).count();
+        let mut pixels = batch.pixels.into_iter();
+        let (q, k) = (pixels.next(), pixels.next());
+        let (Some(q), Some(k)) = (q, k) else {
+            return Err(TrainError::Mismatch {
+                context: "moco".into(),
+                problems: vec!["a batch without its key view".into()],
+            });
+        };
+        let px_q: Tensor<4> = Tensor::from_data(TensorData::new(q, [b, 3, s, s]), self.env.device);
+        let px_k: Tensor<4> = Tensor::from_data(TensorData::new(k, [b, 3, s, s]), self.key_device);
+        let momentum = self.momentum.take().ok_or_else(|| TrainError::Mismatch {
+            context: "moco".into(),
+            problems: vec!["the momentum encoder is missing".into()],
+        })?;
+
+        // Query: the trained encoder; its normalised embedding feeds the head.
+        let v = l2_normalize(model.vision.forward(px_q, None));
+        let logits = model.head.forward(v.clone());
+        // Key: the momentum encoder, no gradients.
+        let keys = to_host(l2_normalize(momentum.forward(px_k, None)));
+        let out = moco_loss(v, logits, &keys, &labels, &clean, &self.queue, self.cfg);
+        self.sums.correct += out.correct;
+        self.sums.ce += f64::from(to_host(out.ce.inner())[0]) * n_clean as f64;
+        self.sums.contrastive += f64::from(to_host(out.contrastive.inner())[0]) * b as f64;
+        self.sums.clean += n_clean;
+        let mut grads = out.loss.backward();
+        let lv = f64::from(to_host(out.loss.inner())[0]);
+        let model = opt.step(model, &mut grads, batch.lr);
+        self.momentum = Some(ema_update(momentum, &model.vision, self.cfg.momentum)?);
+        self.queue.enqueue(&keys)?;
+        Ok((model, Some(lv)))
+    }
+
+    fn end_epoch(
+        &mut self,
+        _model: &EncoderHead,
+        t: &EpochTotals,
+    ) -> Result<(serde_json::Value, f64), TrainError> {
+        let sums = std::mem::take(&mut self.sums);
+        let acc = sums.correct as f64 / sums.clean.max(1) as f64;
+        let record = serde_json::json!({
+            "stage": "phase2", "epoch": t.epoch, "loss": t.loss,
+            "loss_ce": sums.ce / sums.clean.max(1) as f64,
+            "loss_cont": sums.contrastive / t.images.max(1) as f64,
+            "train_acc": acc, "lr": t.lr, "images": t.images, "clean_images": sums.clean,
+            "queue": self.queue.len(),
+        });
+        Ok((record, acc))
+    }
+
+    fn extra_state(&self) -> Option<&'static str> {
+        Some("moco")
+    }
+
+    fn save_extra(&self, path: &Path) -> Result<(), TrainError> {
+        let momentum = self.momentum.as_ref().ok_or_else(|| TrainError::Mismatch {
+            context: path.display().to_string(),
+            problems: vec!["the momentum encoder is missing".into()],
+        })?;
+        save_moco_state(path, momentum, &self.queue)
+    }
+
+    fn load_extra(&mut self, path: &Path) -> Result<(), TrainError> {
+        let momentum = self.momentum.take().ok_or_else(|| TrainError::Mismatch {
+            context: path.display().to_string(),
+            problems: vec!["the momentum encoder is missing".into()],
+        })?;
+        let (momentum, queue) = load_moco_state(path, momentum)?;
+        self.momentum = Some(momentum);
+        self.queue = queue;
+        Ok(())
+    }
+
+    fn report(&mut self, progress: StageProgress) {
+        (self.env.progress)(progress);
+    }
+}
+
+/// Phase II with momentum contrast (METHOD.md CoFT+ 2), resumable per epoch. Each epoch
+/// visits all of `data` in a seeded order; `views(epoch, view)` gives the augmentation of the
+/// query (view 0) and key (view 1). The momentum encoder starts as a copy of `model.vision`
+/// as given, on `key_device`.
 /// \[decision\] The cross-entropy uses the query view (MoCo v2 augmentation) rather than a
 /// third, crop-and-flip view: one forward pass of the trained encoder per step.
 #[allow(clippy::too_many_arguments)]
@@ -438,143 +548,38 @@ pub fn moco_finetune(
     views: &dyn Fn(u64, u64) -> Arc<Transform>,
     key_device: &Device,
 ) -> Result<EncoderHead, TrainError> {
-    let n = data.paths.len();
-    let s = model.vision.config.image_size;
+    let image_size = model.vision.config.image_size;
     let dim = model.head.weight.val().dims()[0];
-    let c = model.head.weight.val().dims()[1];
-    let bs = optim.batch_size.max(1);
-    let steps_per_epoch = n.div_ceil(bs).max(1);
-    let schedule = optim.schedule(steps_per_epoch);
-    let epochs = optim.epochs_for(steps_per_epoch);
-    let mut opt = Optimizer::new(optim.optimizer);
-    // The momentum encoder starts as the initial encoder (before any restore).
-    let momentum = model.vision.valid().to_device(key_device);
-    let (mut model, done) = stage.restore(model, &mut opt)?;
-    let (mut momentum, mut queue) = if done > 0 {
-        load_moco_state(&moco_path(stage, done), momentum)?
-    } else {
-        (momentum, Queue::new(moco.queue_size, dim)?)
+    let steps = data.paths.len().div_ceil(optim.batch_size.max(1)).max(1);
+    let plan = EpochPlan {
+        paths: &data.paths,
+        batch_size: optim.batch_size,
+        epochs: optim.epochs_for(steps),
+        schedule: optim.schedule(steps),
+        seed,
+        image_size,
+        prefetch: 2,
+        limits: env.limits,
     };
-    let mut metrics = MetricsWriter::append(&stage.path("metrics.jsonl"))?;
-    let train_device = env.device.clone();
-    for epoch in done..epochs {
-        let order = epoch_order(n, seed, epoch as u64);
-        let paths = Arc::new(
-            order
-                .iter()
-                .map(|&i| data.paths[i].clone())
-                .collect::<Vec<_>>(),
-        );
-        let cfg = || LoaderConfig {
-            batch_size: bs,
-            prefetch: 2,
-            image_size: s,
-            limits: env.limits,
-        };
-        let (rx_q, hq) = load_batches(paths.clone(), cfg(), views(epoch as u64, 0));
-        let (rx_k, hk) = load_batches(paths, cfg(), views(epoch as u64, 1));
-        let (mut loss_sum, mut ce_sum, mut cont_sum) = (0.0, 0.0, 0.0);
-        let (mut correct, mut seen, mut clean_seen) = (0usize, 0usize, 0usize);
-        for (step_in_epoch, (bq, bk)) in rx_q.into_iter().zip(rx_k).enumerate() {
-            if bq.indices != bk.indices {
-                return Err(TrainError::Mismatch {
-                    context: "moco".into(),
-                    problems: vec!["the two views read different images".into()],
-                });
-            }
-            let b = bq.indices.len();
-            if b == 0 {
-                continue;
-            }
-            let idx: Vec<usize> = bq.indices.iter().map(|&j| order[j]).collect();
-            let labels: Vec<usize> = idx.iter().map(|&i| data.labels[i]).collect();
-            let mask: Vec<bool> = idx.iter().map(|&i| data.clean[i]).collect();
-            let n_clean = mask.iter().filter(|&&m| m).count();
-            let px_q: Tensor<4> =
-                Tensor::from_data(TensorData::new(bq.pixels, [b, 3, s, s]), &train_device);
-            let px_k: Tensor<4> =
-                Tensor::from_data(TensorData::new(bk.pixels, [b, 3, s, s]), key_device);
-
-            // Query: the trained encoder; its normalised embedding feeds the head.
-            let v = l2_normalize(model.vision.forward(px_q, None));
-            let logits = model.head.forward(v.clone());
-            let target: Vec<f32> = labels
-                .iter()
-                .zip(&mask)
-                .flat_map(|(&y, &m)| (0..c).map(move |j| if m && j == y { 1.0 } else { 0.0 }))
-                .collect();
-            let target: Tensor<2> =
-                Tensor::from_data(TensorData::new(target, [b, c]), &train_device);
-            let ce = (log_softmax(logits.clone(), 1) * target)
-                .sum()
-                .neg()
-                .div_scalar(n_clean.max(1) as f64);
-            let clean_rows: Vec<i64> = (0..b).filter(|&r| mask[r]).map(|r| r as i64).collect();
-            if !clean_rows.is_empty() {
-                let rows = Tensor::<1, Int>::from_data(
-                    TensorData::new(clean_rows.clone(), [clean_rows.len()]),
-                    &train_device,
-                );
-                let clean_labels: Vec<usize> =
-                    (0..b).filter(|&r| mask[r]).map(|r| labels[r]).collect();
-                correct += count_correct(logits.select(0, rows), &clean_labels);
-            }
-
-            // Key: the momentum encoder, no gradients.
-            let k_host = to_host(l2_normalize(momentum.forward(px_k, None)));
-            let k: Tensor<2> =
-                Tensor::from_data(TensorData::new(k_host.clone(), [b, dim]), &train_device);
-            let cont = info_nce(v, k, queue.tensor(&train_device), moco.temperature);
-
-            let loss = ce.clone() + cont.clone() * moco.gamma;
-            let mut grads = loss.backward();
-            let lv = f64::from(to_host(loss.inner())[0]);
-            ce_sum += f64::from(to_host(ce.inner())[0]) * n_clean as f64;
-            cont_sum += f64::from(to_host(cont.inner())[0]) * b as f64;
-            loss_sum += lv * b as f64;
-            seen += b;
-            clean_seen += n_clean;
-            let step = epoch * steps_per_epoch + step_in_epoch;
-            model = opt.step(model, &mut grads, schedule.lr(step));
-            momentum = ema_update(momentum, &model.vision, moco.momentum)?;
-            queue.enqueue(&k_host)?;
-            (env.progress)(StageProgress {
-                epoch,
-                epochs,
-                step_in_epoch: step_in_epoch + 1,
-                steps_per_epoch,
-                loss: lv,
-                epoch_summary: None,
-            });
-        }
-        let _ = hq.join();
-        let _ = hk.join();
-        let seen_f = seen.max(1) as f64;
-        let mean_loss = loss_sum / seen_f;
-        let acc = correct as f64 / clean_seen.max(1) as f64;
-        // The MoCo state first: state.json (written by save_epoch) commits the epoch.
-        save_moco_state(&moco_path(stage, epoch + 1), &momentum, &queue)?;
-        stage.save_epoch(epoch + 1, (epoch + 1) * steps_per_epoch, &model, &opt)?;
-        for old in 1..=epoch {
-            let _ = std::fs::remove_file(moco_path(stage, old));
-        }
-        metrics.write(&serde_json::json!({
-            "stage": "phase2", "epoch": epoch + 1, "loss": mean_loss,
-            "loss_ce": ce_sum / clean_seen.max(1) as f64, "loss_cont": cont_sum / seen_f,
-            "train_acc": acc, "lr": schedule.lr((epoch + 1) * steps_per_epoch - 1),
-            "images": seen, "clean_images": clean_seen, "queue": queue.len(),
-        }))?;
-        (env.progress)(StageProgress {
-            epoch,
-            epochs,
-            step_in_epoch: steps_per_epoch,
-            steps_per_epoch,
-            loss: mean_loss,
-            epoch_summary: Some((mean_loss, acc)),
-        });
-    }
-    stage.mark_done()?;
-    Ok(model)
+    let mut task = MocoTask {
+        data,
+        cfg: moco,
+        env,
+        views,
+        key_device,
+        image_size,
+        // The momentum encoder starts as the initial encoder (before any restore).
+        momentum: Some(model.vision.valid().to_device(key_device)),
+        queue: Queue::new(moco.queue_size, dim)?,
+        sums: MocoSums::default(),
+    };
+    train_epochs(
+        model,
+        Optimizer::new(optim.optimizer),
+        &plan,
+        stage,
+        &mut task,
+    )
 }
 
 /// Every row of a Phase II set file as a [`MocoSet`] (paths joined to `root`).

@@ -34,7 +34,7 @@ pub enum HeadInit {
 pub struct Phase2Config {
     #[serde(flatten)]
     pub optim: OptimConfig,
-    pub moco: super::moco::MocoConfig,
+    pub moco: MocoConfig,
 }
 
 impl Default for Phase2Config {
@@ -95,6 +95,68 @@ impl<'de> Deserialize<'de> for Phase2Config {
         let optim = part(table, "phase2").map_err(D::Error::custom)?;
         Ok(Self { optim, moco })
     }
+}
+
+/// `phase2.moco` in the run config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoConfig {
+    /// Train Phase II with the contrastive loss; unset = by method (on for CoFT+, off
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// EMA coefficient mu of the momentum encoder.
+    pub momentum: f64,
+    /// Keys kept as negatives.
+    pub queue_size: usize,
+    /// tau' of the contrastive loss.
+    pub temperature: f64,
+    /// Weight of the contrastive loss: `L = L_FFT + gamma L_cont`.
+    pub gamma: f64,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            momentum: 0.999,
+            queue_size: 8192,
+            temperature: 0.2,
+            gamma: 1.0,
+        }
+    }
+}
+
+impl MocoConfig {
+    /// Problems name the option (`phase2.moco.<key>`).
+    pub fn validate(&self) -> Result<(), MocoConfigError> {
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(MocoConfigError::Momentum(self.momentum));
+        }
+        if self.queue_size == 0 {
+            return Err(MocoConfigError::QueueSize);
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(MocoConfigError::Temperature(self.temperature));
+        }
+        if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
+            return Err(MocoConfigError::Gamma(self.gamma));
+        }
+        Ok(())
+    }
+}
+
+/// A `phase2.moco` value out of range ([`MocoConfig::validate`]); the message names the option.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MocoConfigError {
+    #[error("phase2.moco.momentum: must be in [0, 1], got {0}")]
+    Momentum(f64),
+    #[error("phase2.moco.queue_size: must be at least 1")]
+    QueueSize,
+    #[error("phase2.moco.temperature: must be > 0, got {0}")]
+    Temperature(f64),
+    #[error("phase2.moco.gamma: must be >= 0, got {0}")]
+    Gamma(f64),
 }
 
 /// An image encoder with a linear head over its normalised embedding.

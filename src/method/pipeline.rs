@@ -24,7 +24,7 @@ use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
 use crate::data::augment::Pipeline;
 use crate::data::decode::DecodeLimits;
-use crate::data::source::{DataSpec, Dataset, Split};
+use crate::data::source::{DataSpec, Dataset};
 use crate::infer::{embed_images, InferOptions};
 use crate::train::stage::StageDir;
 
@@ -126,7 +126,7 @@ impl<'c> RunContext<'c> {
         let ds = spec
             .load()
             .with_context(|| format!("loading data {}", cfg.data))?;
-        let (u, _test) = split_data(&ds);
+        let (u, _test) = crate::data::split_data(&ds);
         let c = ds.classes.len();
         // Checked before the run folder is created, so a wrong option leaves nothing behind.
         check_pool(cfg, u.samples.len(), c)?;
@@ -796,17 +796,6 @@ pub fn export_final(ctx: &RunContext<'_>) -> anyhow::Result<()> {
     names.push('\n');
     crate::util::write_atomic(&l.final_classes(), names.as_bytes())?;
     Ok(())
-}
-
-/// The adaptation pool U and the evaluation set of a dataset.
-pub fn split_data(ds: &Dataset) -> (Dataset, Option<Dataset>) {
-    let splits = ds.splits();
-    if splits.contains(&Split::Train) {
-        let test = splits.contains(&Split::Test).then(|| ds.split(Split::Test));
-        (ds.split(Split::Train), test)
-    } else {
-        (ds.clone(), None)
-    }
 }
 
 fn rel(path: &Path, root: &Path) -> String {

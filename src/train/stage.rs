@@ -103,7 +103,7 @@ impl StageDir {
     }
 
     /// Drop the metrics lines of epochs after `epoch` (they are trained again).
-    fn trim_metrics(&self, epoch: usize) {
+    pub fn trim_metrics(&self, epoch: usize) {
         let path = self.path("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;

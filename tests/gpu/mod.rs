@@ -22,7 +22,7 @@ use coft::clip::tokenizer::Tokenizer;
 use coft::clip::weights::{load_files, Naming};
 use coft::clip::Clip;
 use coft::method::losses::{l1, l2, similarities};
-use coft::method::moco::{info_nce, ema_update, Queue};
+use coft::method::moco::{ema_update, info_nce, Queue};
 use coft::method::phase2::EncoderHead;
 use coft::method::prompts::{
     class_embeddings, image_embeddings, ClassPrompts, PromptConfig, PromptLearner,
