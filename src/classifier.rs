@@ -46,6 +46,7 @@ use crate::clip::weights::{
 use crate::data::decode::{decode_rgb, DecodeLimits};
 use crate::data::loader::Skipped;
 use crate::infer::{embed_images_with, to_vec, InferOptions};
+use crate::method::layout::RunLayout;
 use crate::method::phase2;
 
 /// File name of the export description.
@@ -326,7 +327,7 @@ impl Classifier {
     /// The classifier of a finished run (`RUN/final`), reading the run's base model for the
     /// encoder's shape.
     pub fn from_run(run: &Path, device: &Device) -> anyhow::Result<Self> {
-        let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+        let cfg = crate::method::pipeline::TrainConfig::load(&RunLayout::new(run).config())?;
         let (clip, _) = crate::clip::weights::load_model(&cfg.model, device)
             .with_context(|| format!("loading the run's model {}", cfg.model))?;
         Self::from_run_with(run, &clip.vision, device)
@@ -335,8 +336,8 @@ impl Classifier {
     /// Like [`Classifier::from_run`] with the base model's image encoder already loaded
     /// (its weights are replaced; only its structure is used).
     pub fn from_run_with(run: &Path, base: &VisionTower, device: &Device) -> anyhow::Result<Self> {
-        let fin = run.join("final");
-        let classes_path = fin.join("classes.txt");
+        let layout = RunLayout::new(run);
+        let classes_path = layout.final_classes();
         if !classes_path.is_file() {
             bail!(
                 "{}: not a finished run ({} is missing; finish it with `coft train --resume {}`)",
@@ -351,9 +352,7 @@ impl Classifier {
             base,
             classes.len(),
             d,
-            (1..)
-                .map(|i| fin.join(format!("f{i}.safetensors")))
-                .take_while(|p| p.is_file()),
+            layout.final_models().into_iter(),
             device,
         )?;
         tracing::debug!(
@@ -572,7 +571,7 @@ fn vision_skeleton(
 /// `coft_classifier.json`, `classes.txt`, `f1.safetensors`, `f2.safetensors`. The base
 /// model is read once for the encoder's shape; the weights are copied byte for byte.
 pub fn export_run(run: &Path, out: &Path, device: &Device) -> anyhow::Result<ExportConfig> {
-    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let cfg = crate::method::pipeline::TrainConfig::load(&RunLayout::new(run).config())?;
     let clf = Classifier::from_run(run, device)?;
     let vision = clf.models[0].vision.config.clone();
     let projection_dim = clf.models[0].vision.projection.val().dims()[1];
@@ -580,7 +579,7 @@ pub fn export_run(run: &Path, out: &Path, device: &Device) -> anyhow::Result<Exp
     let mut models = Vec::new();
     for i in 1..=clf.models.len() {
         let name = format!("f{i}.safetensors");
-        let src = run.join("final").join(&name);
+        let src = RunLayout::new(run).final_dir().join(&name);
         let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
         let dst = out.join(&name);
         crate::util::write_atomic(&dst, &bytes)
@@ -761,7 +760,7 @@ fn read_hf_head(path: &Path, c: usize, d: usize, device: &Device) -> anyhow::Res
 /// The weights are the run's, re-laid-out for PyTorch; [`Classifier::load`] reads them back
 /// to the same bits.
 pub fn export_run_hf(run: &Path, out: &Path, device: &Device) -> anyhow::Result<HfExport> {
-    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let cfg = crate::method::pipeline::TrainConfig::load(&RunLayout::new(run).config())?;
     let clf = Classifier::from_run(run, device)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let write_json = |path: &Path, v: &serde_json::Value| -> anyhow::Result<()> {

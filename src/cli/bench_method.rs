@@ -235,10 +235,16 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
     for method in &a.methods {
         let run_dir = a.out.join(method.replace('+', "_plus"));
         let started = Instant::now();
-        if !run_dir.join("eval.json").is_file() {
+        if !coft::method::layout::RunLayout::new(&run_dir)
+            .eval_json()
+            .is_file()
+        {
             let mut cmd = coft_cmd()?;
             cmd.arg("train").args(["--threads", &a.threads.to_string()]);
-            if run_dir.join("config.toml").is_file() {
+            if coft::method::layout::RunLayout::new(&run_dir)
+                .config()
+                .is_file()
+            {
                 cmd.arg("--resume").arg(&run_dir);
             } else {
                 cmd.args(["--method", method, "--model", &model])
@@ -263,13 +269,15 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
                 .arg(&test_dir);
             run_child(cmd, "eval", &a.out.join(format!("{method}.eval.log")))?;
         }
-        let eval: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run_dir.join("eval.json"))?)
-                .context("eval.json")?;
-        let timings: serde_json::Value = std::fs::read(run_dir.join("timings.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            coft::method::layout::RunLayout::new(&run_dir).eval_json(),
+        )?)
+        .context("eval.json")?;
+        let timings: serde_json::Value =
+            std::fs::read(coft::method::layout::RunLayout::new(&run_dir).timings())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
         let num = |k: &str| eval[k].as_f64();
         if zero_shot_shifted.is_none() {
             zero_shot_shifted = num("zero-shot");

@@ -55,7 +55,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
     // A previous demo run is replaced, anything else is left alone.
     if a.out.exists() {
-        if a.out.join("config.toml").is_file() && a.out.join("demo.txt").is_file() {
+        if coft::method::layout::RunLayout::new(&a.out)
+            .config()
+            .is_file()
+            && a.out.join("demo.txt").is_file()
+        {
             std::fs::remove_dir_all(&a.out)
                 .with_context(|| format!("removing the earlier demo run {}", a.out.display()))?;
         } else {
@@ -104,8 +108,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &s(report.clone()),
     ])?;
     println!("{table}");
-    let eval: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.out.join("eval.json"))?).context("eval.json")?;
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        coft::method::layout::RunLayout::new(&a.out).eval_json(),
+    )?)
+    .context("eval.json")?;
     if let (Some(zs), Some(ens)) = (eval["zero-shot"].as_f64(), eval["ensemble"].as_f64()) {
         println!("zero-shot {zs:.2}% -> CoFT {ens:.2}% ({:+.2} points) on 400 held-out images, no labels used", ens - zs);
     }

@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.opts.setup()?;
-    let config = a.run.join("config.toml");
+    let config = coft::method::layout::RunLayout::new(&a.run).config();
     if !config.is_file() {
         anyhow::bail!(
             "{}: not a run directory ({} is missing)",

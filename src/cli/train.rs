@@ -209,11 +209,6 @@ fn resume_refuses(a: &TrainArgs) -> Vec<&'static str> {
     given
 }
 
-/// What a run records beside `config.toml` when it starts: the configuration as first
-/// written (so a later edit of `config.toml` is caught on resume instead of applying in
-/// part), the coft version and the start time.
-const RUN_RECORD: &str = "run.json";
-
 fn write_run_record(dir: &std::path::Path, cfg: &TrainConfig) -> anyhow::Result<()> {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -224,7 +219,7 @@ fn write_run_record(dir: &std::path::Path, cfg: &TrainConfig) -> anyhow::Result<
         "coft_version": env!("CARGO_PKG_VERSION"),
         "started_unix": started,
     });
-    let path = dir.join(RUN_RECORD);
+    let path = coft::method::layout::RunLayout::new(dir).run_json();
     coft::util::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -247,11 +242,11 @@ fn changed_keys(a: &toml::Table, b: &toml::Table, prefix: &str, out: &mut Vec<St
 /// The run's configuration for `--resume`: `config.toml`, which must still say what the run
 /// started with (`run.json`; runs from before it was written are taken as they are).
 fn load_for_resume(dir: &std::path::Path) -> anyhow::Result<TrainConfig> {
-    let path = dir.join("config.toml");
+    let path = coft::method::layout::RunLayout::new(dir).config();
     let cfg = TrainConfig::load(&path).context("resuming")?;
     cfg.validate()
         .with_context(|| format!("resuming: {}", path.display()))?;
-    let record = dir.join(RUN_RECORD);
+    let record = coft::method::layout::RunLayout::new(dir).run_json();
     if let Ok(bytes) = std::fs::read(&record) {
         let doc: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not valid JSON", record.display()))?;
@@ -395,7 +390,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if !run.started() {
         // Failed before writing anything of its own (a check): nothing is left behind, so
         // the corrected command runs as a new run.
-        let _ = std::fs::remove_file(run_dir.join(RUN_RECORD));
+        let _ = std::fs::remove_file(coft::method::layout::RunLayout::new(&run_dir).run_json());
         run.abandon();
         return result;
     }
@@ -419,7 +414,7 @@ fn write_timings(
     run_dir: &std::path::Path,
     stages: &[(String, std::time::Instant)],
 ) -> anyhow::Result<()> {
-    let path = run_dir.join("timings.json");
+    let path = coft::method::layout::RunLayout::new(run_dir).timings();
     let mut doc: serde_json::Value = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

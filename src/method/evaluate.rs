@@ -80,7 +80,7 @@ pub fn evaluate_run(
     device: &Device,
     progress: EvalProgress<'_>,
 ) -> anyhow::Result<Evaluation> {
-    let cfg = TrainConfig::load(&run.join("config.toml"))?;
+    let cfg = TrainConfig::load(&super::layout::RunLayout::new(run).config())?;
     let samples: Vec<_> = data.samples.iter().filter(|s| s.label.is_some()).collect();
     if samples.is_empty() {
         bail!("{}: no labeled images to evaluate on", data.name);
@@ -95,7 +95,7 @@ pub fn evaluate_run(
              class list with ?classes={} (folder, unlabeled and csv specs)",
             clf.classes().join(", "),
             data.classes.join(", "),
-            run.join("final/classes.txt").display()
+            super::layout::RunLayout::new(run).final_classes().display()
         )
     })?;
     let samples: Vec<_> = data.samples.iter().filter(|s| s.label.is_some()).collect();

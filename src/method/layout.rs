@@ -40,6 +40,13 @@ impl RunLayout {
         self.root.join("timings.json")
     }
 
+    /// What a run records beside `config.toml` when it starts: the configuration as first
+    /// written (so a later edit of `config.toml` is caught on resume instead of applying in
+    /// part), the coft version and the start time.
+    pub fn run_json(&self) -> PathBuf {
+        self.root.join("run.json")
+    }
+
     pub fn eval_json(&self) -> PathBuf {
         self.root.join("eval.json")
     }
@@ -157,6 +164,39 @@ impl RunLayout {
     }
 }
 
+/// A pseudo-label file of a run, told by its path relative to the run directory (`/`
+/// separators), the inverse of [`RunLayout::pseudo_labels`], [`RunLayout::selection`] and
+/// [`RunLayout::set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelFile {
+    /// Step 0's labels of U with S*.
+    Step0,
+    /// Model `m`'s selection for round `round`.
+    Selection { round: usize, m: usize },
+    /// Phase II set `i`.
+    Set(usize),
+}
+
+impl LabelFile {
+    pub fn of(rel: &str) -> Option<Self> {
+        if rel == "stage0/pseudo_labels.csv" {
+            return Some(Self::Step0);
+        }
+        if let Some(i) = rel
+            .strip_prefix("phase2/set_")
+            .and_then(|r| r.strip_suffix(".csv"))
+        {
+            return i.parse().ok().map(Self::Set);
+        }
+        let (round, file) = rel.strip_prefix("phase1/round")?.split_once('/')?;
+        let m = file.strip_prefix('s')?.strip_suffix(".csv")?;
+        Some(Self::Selection {
+            round: round.parse().ok()?,
+            m: m.parse().ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +215,27 @@ mod tests {
         assert_eq!(l.set(2), Path::new("/r/phase2/set_2.csv"));
         assert_eq!(l.finetune(1), Path::new("/r/phase2/f1"));
         assert_eq!(l.final_model(2), Path::new("/r/final/f2.safetensors"));
+    }
+
+    #[test]
+    fn label_files_are_told_by_the_paths_the_layout_writes() {
+        let l = RunLayout::new("/r");
+        let rel = |p: PathBuf| {
+            p.strip_prefix("/r")
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        };
+        assert_eq!(
+            LabelFile::of(&rel(l.pseudo_labels())),
+            Some(LabelFile::Step0)
+        );
+        assert_eq!(LabelFile::of(&rel(l.set(2))), Some(LabelFile::Set(2)));
+        assert_eq!(
+            LabelFile::of(&rel(l.selection(3, 1))),
+            Some(LabelFile::Selection { round: 3, m: 1 })
+        );
+        assert_eq!(LabelFile::of("phase2/other.csv"), None);
+        assert_eq!(LabelFile::of("phase1/round2/x.csv"), None);
     }
 }

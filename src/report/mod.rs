@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::method::layout::{LabelFile, RunLayout};
 use crate::method::pseudo_labels::{self, PseudoLabel};
 use svg::{escape, Series};
 
@@ -145,14 +146,14 @@ pub fn pool_predictions(
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Pool> {
-    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
-    if !run.join("final/classes.txt").is_file() {
+    let cfg = crate::method::pipeline::TrainConfig::load(&RunLayout::new(run).config())?;
+    if !RunLayout::new(run).final_classes().is_file() {
         return Ok(Pool::Missing(
             "The run has no final classifier yet, so there is no accuracy to show.".into(),
         ));
     }
-    let classes = crate::method::zero_shot::read_classes(&run.join("final/classes.txt"))?;
-    let pl = run.join("stage0/pseudo_labels.csv");
+    let classes = crate::method::zero_shot::read_classes(&RunLayout::new(run).final_classes())?;
+    let pl = RunLayout::new(run).pseudo_labels();
     let rows = pseudo_labels::read_csv(&pl, &classes)?;
     let has_truth = rows.iter().any(|r| r.true_label.is_some());
     let rows: Vec<PseudoLabel> = rows
@@ -316,41 +317,31 @@ pub fn sets_of(file: &PseudoLabelFile) -> Vec<(String, pseudo_labels::SetQuality
         )
     };
     let path = file.name.as_str();
-    let set_i = path
-        .strip_prefix("phase2/set_")
-        .and_then(|r| r.strip_suffix(".csv"));
-    let round = path
-        .strip_prefix("phase1/round")
-        .and_then(|r| r.split_once('/'))
-        .and_then(|(r, f)| Some((r, f.strip_prefix('s')?.strip_suffix(".csv")?)));
-    let (all, sel, clean, noise) = if path == "stage0/pseudo_labels.csv" {
-        (
+    let (all, sel, clean, noise) = match LabelFile::of(path) {
+        Some(LabelFile::Step0) => (
             "U (zero-shot)".to_string(),
             "S* (top-K)".to_string(),
             String::new(),
             String::new(),
-        )
-    } else if let Some(i) = set_i {
-        (
+        ),
+        Some(LabelFile::Set(i)) => (
             format!("S{i} all"),
             format!("S{i} selected"),
             format!("S{i} clean"),
             format!("S{i} noise"),
-        )
-    } else if let Some((r, m)) = round {
-        (
+        ),
+        Some(LabelFile::Selection { round: r, m }) => (
             format!("U by M{m}, round {r}"),
             format!("S{m}* round {r}"),
             format!("S{m}* round {r} clean"),
             format!("S{m}* round {r} noise"),
-        )
-    } else {
-        (
+        ),
+        None => (
             format!("{path}: all"),
             format!("{path}: selected S*"),
             format!("{path}: clean"),
             format!("{path}: noise"),
-        )
+        ),
     };
     if filtered {
         vec![
@@ -473,7 +464,7 @@ pub fn render(
     note: Option<&str>,
     opts: &ReportOptions,
 ) -> anyhow::Result<String> {
-    let cfg = crate::method::pipeline::TrainConfig::load(&run.join("config.toml"))?;
+    let cfg = crate::method::pipeline::TrainConfig::load(&RunLayout::new(run).config())?;
     let mut page = Page {
         body: String::new(),
         plots: Vec::new(),
@@ -488,7 +479,7 @@ pub fn render(
         escape(&cfg.data),
         cfg.k,
         cfg.seed,
-        if run.join("final/classes.txt").is_file() { "yes" } else { "no (the page shows the stages that exist)" },
+        if RunLayout::new(run).final_classes().is_file() { "yes" } else { "no (the page shows the stages that exist)" },
     );
 
     render_configuration(&mut page.body, run, &cfg);
@@ -550,7 +541,9 @@ pub fn render(
     let classes = labeled
         .map(|l| l.classes.clone())
         .or_else(|| unlabeled.map(|u| u.classes.clone()))
-        .or_else(|| crate::method::zero_shot::read_classes(&run.join("final/classes.txt")).ok());
+        .or_else(|| {
+            crate::method::zero_shot::read_classes(&RunLayout::new(run).final_classes()).ok()
+        });
     let classes = match classes {
         Some(c) => c,
         None => {
@@ -685,7 +678,7 @@ fn utc(secs: u64) -> String {
 /// The run's configuration (what a colleague needs to reproduce it), when it started and
 /// with which coft, and the wall time of every stage (`timings.json`).
 fn render_configuration(b: &mut String, run: &Path, cfg: &crate::method::pipeline::TrainConfig) {
-    let record: Value = std::fs::read(run.join("run.json"))
+    let record: Value = std::fs::read(RunLayout::new(run).run_json())
         .ok()
         .and_then(|x| serde_json::from_slice(&x).ok())
         .unwrap_or_default();
@@ -1083,7 +1076,7 @@ mod tests {
         cfg.save(&run.join("config.toml")).unwrap();
         let classes: Vec<String> = vec!["a".into(), "b".into()];
         std::fs::create_dir_all(run.join("final")).unwrap();
-        std::fs::write(run.join("final/classes.txt"), "a\nb\n").unwrap();
+        std::fs::write(RunLayout::new(run).final_classes(), "a\nb\n").unwrap();
         let row = |label, selected, clean| PseudoLabel {
             path: "x.jpg".into(),
             label,
