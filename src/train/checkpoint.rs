@@ -8,69 +8,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-
-/// A tensor on the host in f32, row-major: what checkpoints hold.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostData {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// Named host tensors, as read from a safetensors file.
-pub type NamedTensors = BTreeMap<String, HostData>;
-
-impl HostData {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} does not match {} values",
-            data.len()
-        );
-        Self { shape, data }
-    }
-
-    /// Copy a tensor to the host (any float dtype, converted to f32).
-    pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
-        let shape = tensor.dims().to_vec();
-        let data = tensor
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("a float tensor converted to f32 reads back as f32");
-        Self { shape, data }
-    }
-
-    /// Upload to `device`. Panics when the rank is not `D`; callers check shapes first
-    /// (see [`load_module_tensors`]).
-    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        assert_eq!(
-            self.shape.len(),
-            D,
-            "host tensor of shape {:?} is not of rank {D}",
-            self.shape
-        );
-        Tensor::from_data(
-            TensorData::new(self.data.clone(), self.shape.clone()),
-            device,
-        )
-    }
-}
+use crate::util::{HostTensor, TensorMap};
 
 /// Write named f32 tensors to a safetensors file, atomically.
-pub fn save_tensors(path: &Path, tensors: &[(String, HostData)]) -> Result<(), TrainError> {
+pub fn save_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
     save_tensors_with_metadata(path, tensors, &BTreeMap::new())
 }
 
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`).
 pub fn save_tensors_with_metadata(
     path: &Path,
-    tensors: &[(String, HostData)],
+    tensors: &[(String, HostTensor)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), TrainError> {
     let bytes: Vec<(&str, Vec<u8>, &[usize])> = tensors
@@ -100,14 +53,14 @@ pub fn save_tensors_with_metadata(
 }
 
 /// Read every tensor of a safetensors file as f32 (f32, f16 and bf16 are accepted).
-pub fn load_tensors(path: &Path) -> Result<NamedTensors, TrainError> {
+pub fn load_tensors(path: &Path) -> Result<TensorMap, TrainError> {
     load_tensors_with_metadata(path).map(|(t, _)| t)
 }
 
 /// [`load_tensors`] and the header's string metadata.
 pub fn load_tensors_with_metadata(
     path: &Path,
-) -> Result<(NamedTensors, BTreeMap<String, String>), TrainError> {
+) -> Result<(TensorMap, BTreeMap<String, String>), TrainError> {
     use safetensors::SafeTensors;
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -119,7 +72,7 @@ pub fn load_tensors_with_metadata(
         .unwrap_or_default();
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
-    let mut map = NamedTensors::new();
+    let mut map = TensorMap::new();
     for (name, view) in st.tensors() {
         let data = crate::util::safetensors_f32(&view).ok_or_else(|| {
             TrainError::in_file(
@@ -127,7 +80,7 @@ pub fn load_tensors_with_metadata(
                 format!("tensor {name:?} has unsupported dtype {:?}", view.dtype()),
             )
         })?;
-        map.insert(name, HostData::new(view.shape().to_vec(), data));
+        map.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     Ok((map, metadata))
 }
@@ -154,10 +107,10 @@ impl PathTracker {
 }
 
 /// Every float parameter of `module` as a named host tensor, in visit order.
-pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostData)> {
+pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostTensor)> {
     struct Collect {
         at: PathTracker,
-        out: Vec<(String, HostData)>,
+        out: Vec<(String, HostTensor)>,
     }
     impl ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -168,7 +121,7 @@ pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostData)> {
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let name = self.at.next_name();
-            self.out.push((name, HostData::from_tensor(&param.val())));
+            self.out.push((name, HostTensor::from_tensor(&param.val())));
         }
     }
     let mut c = Collect {
@@ -211,7 +164,7 @@ pub fn module_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
 /// naming it (all problems are listed). Parameters keep their device, id and whether they
 /// require a gradient, so a module built from scratch and loaded trains on exactly as
 /// the saved one would.
-pub fn load_module_tensors<M: Module>(module: M, tensors: &NamedTensors) -> Result<M, TrainError> {
+pub fn load_module_tensors<M: Module>(module: M, tensors: &TensorMap) -> Result<M, TrainError> {
     let shapes = module_shapes(&module);
     let mut problems = Vec::new();
     for (name, shape) in &shapes {
@@ -237,7 +190,7 @@ pub fn load_module_tensors<M: Module>(module: M, tensors: &NamedTensors) -> Resu
 
     struct Load<'a> {
         at: PathTracker,
-        tensors: &'a NamedTensors,
+        tensors: &'a TensorMap,
     }
     impl ModuleMapper for Load<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {

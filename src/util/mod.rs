@@ -1,8 +1,11 @@
 //! Small shared helpers.
 
 pub mod alloc;
+pub mod host_tensor;
 pub mod lock;
 pub mod npy;
+
+pub use host_tensor::{HostTensor, TensorMap};
 
 use std::io::Write;
 use std::path::Path;
