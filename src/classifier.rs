@@ -48,7 +48,7 @@ use crate::data::loader::Skipped;
 use crate::infer::{embed_images_with, to_vec, InferOptions};
 use crate::method::layout::RunLayout;
 use crate::method::phase2;
-use crate::util::{HostTensor, TensorMap};
+use crate::util::{argmax, HostTensor, TensorMap};
 
 /// File name of the export description.
 pub const EXPORT_FILE: &str = "coft_classifier.json";
@@ -507,17 +507,6 @@ fn mean_rows(per_model: &[Vec<f32>]) -> Vec<f32> {
     (0..len)
         .map(|j| per_model.iter().map(|p| p[j]).sum::<f32>() / n)
         .collect()
-}
-
-/// Index of the largest value (first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn load_members(

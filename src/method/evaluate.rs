@@ -10,12 +10,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::pipeline::TrainConfig;
 use super::zero_shot;
-use crate::classifier::{argmax, Classifier};
+use crate::classifier::Classifier;
 use crate::clip::tokenizer::Tokenizer;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::Skipped;
 use crate::data::source::Dataset;
 use crate::infer::{embed_images, to_vec, InferOptions};
+use crate::util::{argmax, argmax_rows};
 
 /// Every labeled image that could be read, with the truth and each model's probabilities
 /// (all row-major `[paths.len(), classes.len()]`).
@@ -34,7 +35,6 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// Top-1 accuracy in percent of `probs` (one of this evaluation's matrices).
     /// Top-1 accuracy (%) of hard labels, one per image.
     pub fn label_accuracy(&self, labels: &[usize]) -> f64 {
         let right = labels
@@ -45,6 +45,7 @@ impl Evaluation {
         100.0 * right as f64 / self.truth.len().max(1) as f64
     }
 
+    /// Top-1 accuracy in percent of `probs` (one of this evaluation's matrices).
     pub fn accuracy(&self, probs: &[f32]) -> f64 {
         let c = self.classes.len();
         let right = probs
@@ -57,13 +58,7 @@ impl Evaluation {
 
     /// `(predicted class, its probability)` per image.
     pub fn predictions(&self, probs: &[f32]) -> Vec<(usize, f32)> {
-        probs
-            .chunks(self.classes.len())
-            .map(|p| {
-                let i = argmax(p);
-                (i, p[i])
-            })
-            .collect()
+        argmax_rows(probs, self.classes.len())
     }
 }
 
