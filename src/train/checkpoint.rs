@@ -9,7 +9,6 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
@@ -230,51 +229,11 @@ pub fn load_module<M: Module>(path: &Path, module: M) -> Result<M, TrainError> {
     })
 }
 
-/// Position of a seeded ChaCha8 generator, enough to continue its stream exactly after a
-/// restart (the project seeds every random choice with `ChaCha8Rng`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// The 32-byte key, hex.
-    pub seed: String,
-    pub stream: u64,
-    /// Words consumed so far; a string because JSON readers lose integers past 2^53.
-    pub word_pos: String,
-}
-
-impl RngState {
-    pub fn capture(rng: &ChaCha8Rng) -> Self {
-        Self {
-            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
-            stream: rng.get_stream(),
-            word_pos: rng.get_word_pos().to_string(),
-        }
-    }
-
-    pub fn restore(&self) -> Result<ChaCha8Rng, String> {
-        use rand::SeedableRng;
-        let hex = self.seed.as_bytes();
-        if hex.len() != 64 {
-            return Err(format!("rng seed {:?} is not 64 hex digits", self.seed));
-        }
-        let mut seed = [0u8; 32];
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            let s = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
-            seed[i] = u8::from_str_radix(s, 16)
-                .map_err(|_| format!("rng seed {:?} is not hex", self.seed))?;
-        }
-        let word_pos: u128 = self
-            .word_pos
-            .parse()
-            .map_err(|_| format!("rng word_pos {:?} is not an integer", self.word_pos))?;
-        let mut rng = ChaCha8Rng::from_seed(seed);
-        rng.set_stream(self.stream);
-        rng.set_word_pos(word_pos);
-        Ok(rng)
-    }
-}
-
 /// Where a training stage stands, saved next to its tensors so resume knows the epoch,
-/// step, generator positions and what the log said last.
+/// step and what the log said last. No generator position is kept: every random draw is
+/// keyed by the run's seed, the epoch and the sample or step (`augment::sample_rng`,
+/// `loader::mix`), so the epoch is all a resume needs. States written before this carry an
+/// always-empty `rngs` map, which reading ignores.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     #[serde(default)]
@@ -285,8 +244,6 @@ pub struct TrainState {
     pub step: usize,
     #[serde(default)]
     pub seed: u64,
-    #[serde(default)]
-    pub rngs: BTreeMap<String, RngState>,
     /// Free-form summary (last loss, best accuracy, ...).
     #[serde(default)]
     pub metrics: serde_json::Map<String, serde_json::Value>,
@@ -317,33 +274,22 @@ impl TrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
 
     #[test]
-    fn rng_state_round_trips_mid_stream() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        rng.set_stream(3);
-        for _ in 0..13 {
-            rng.next_u32();
-        }
-        let state = RngState::capture(&rng);
-        let json = serde_json::to_string(&state).unwrap();
-        let mut back = serde_json::from_str::<RngState>(&json)
-            .unwrap()
-            .restore()
-            .unwrap();
-        let a: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
-        let b: Vec<u64> = (0..5).map(|_| back.next_u64()).collect();
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn bad_rng_seed_is_an_error() {
-        let s = RngState {
-            seed: "zz".into(),
-            stream: 0,
-            word_pos: "0".into(),
-        };
-        assert!(s.restore().is_err());
+    fn states_written_with_generator_positions_still_load() {
+        let old = r#"{
+  "stage": "m1",
+  "epoch": 2,
+  "step": 8,
+  "seed": 0,
+  "rngs": {},
+  "metrics": {}
+}
+"#;
+        let state: TrainState = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (state.stage.as_str(), state.epoch, state.step),
+            ("m1", 2, 8)
+        );
     }
 }
