@@ -235,21 +235,9 @@ fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     println!(
         "{}",
-        serde_json::json!({"img_per_s": a.batch as f64 / med, "peak_rss_mib": peak_rss_mib(), "iters": times.len()})
+        serde_json::json!({"img_per_s": a.batch as f64 / med, "peak_rss_mib": common::peak_rss_mib(), "iters": times.len()})
     );
     Ok(())
-}
-
-/// Peak resident memory of this process (VmHWM), MiB.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Decode + preprocess throughput, coft's loader beside a torch `DataLoader` over the same
@@ -393,7 +381,7 @@ fn decode_worker(a: DecodeWorkerArgs) -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     println!(
         "{}",
-        serde_json::json!({"img_per_s": paths.len() as f64 / med, "peak_rss_mib": peak_rss_mib(), "iters": times.len()})
+        serde_json::json!({"img_per_s": paths.len() as f64 / med, "peak_rss_mib": common::peak_rss_mib(), "iters": times.len()})
     );
     Ok(())
 }

@@ -661,7 +661,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
         serde_json::json!({
             "img_per_s": step.items(b) as f64 / med,
             "step_s": med,
-            "peak_rss_mib": super::bench::peak_rss_mib(),
+            "peak_rss_mib": common::peak_rss_mib(),
             "iters": iters,
         })
     );
