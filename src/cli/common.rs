@@ -236,14 +236,10 @@ pub fn evaluate_run_with_progress(
     batch_size: usize,
     device: &Device,
     strict: bool,
-) -> anyhow::Result<coft::method::evaluate::Evaluation> {
+) -> anyhow::Result<coft::evaluate::Evaluation> {
     let mut bar: Option<(String, Progress)> = None;
-    let ev = coft::method::evaluate::evaluate_run(
-        run,
-        data,
-        batch_size,
-        device,
-        &mut |what, done, total| {
+    let ev =
+        coft::evaluate::evaluate_run(run, data, batch_size, device, &mut |what, done, total| {
             if bar.as_ref().is_none_or(|(w, _)| w != what) {
                 if let Some((_, p)) = bar.take() {
                     p.finish();
@@ -256,8 +252,7 @@ pub fn evaluate_run_with_progress(
             if let Some((_, p)) = bar.as_mut() {
                 p.set(done);
             }
-        },
-    )?;
+        })?;
     if let Some((_, p)) = bar.take() {
         p.finish();
     }

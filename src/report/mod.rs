@@ -66,7 +66,7 @@ pub struct LabeledItem {
 
 impl Labeled {
     /// From an evaluation on a labeled split (`coft report --data`).
-    pub fn from_evaluation(ev: &crate::method::evaluate::Evaluation, source: String) -> Self {
+    pub fn from_evaluation(ev: &crate::evaluate::Evaluation, source: String) -> Self {
         let ens = ev.predictions(&ev.ensemble);
         let zs = ev.predictions(&ev.zero_shot);
         let mut models = vec![("zero-shot".to_string(), ev.accuracy(&ev.zero_shot))];
