@@ -27,7 +27,7 @@ enum What {
     /// Phase I and Phase II training steps at ViT shapes: step time, images/s, peak memory.
     Train(super::bench_train::TrainBenchArgs),
     /// The method benchmark: a CLIP pre-trained here, a shifted CIFAR-10 task, every method
-    /// beside zero-shot and the oracle (issue 6's protocol).
+    /// beside zero-shot and the oracle.
     Method(super::bench_method::MethodBenchArgs),
     /// The method lab: tasks x methods x seeds with `coft init`'s defaults, mean ± sd and
     /// per-stage diagnostics (collapse, set precision, confidence-matched filter check).

@@ -283,8 +283,9 @@ impl Optimizer {
     /// Start one parameter's update. On the CPU it becomes a [`HostJob`], run with the step's
     /// others in one parallel pass ([`run_jobs`](Self::run_jobs)), and an empty placeholder
     /// stands in for the parameter until then; elsewhere it runs now, as tensor operations.
-    /// One pass for the whole step instead of one per tensor: ~150 fork-joins less, measured
-    /// 8% faster on the bare loop at ViT-B/16 (memory-bound, 2 cores).
+    /// One pass for the whole step rather than one per tensor, because the update is
+    /// memory-bound and each of a ViT's ~150 tensors would otherwise pay its own fork-join
+    /// (README, "Benchmarks").
     fn begin<const D: usize>(
         &mut self,
         index: usize,
@@ -758,9 +759,8 @@ impl Optimizer {
 }
 
 // The update loops take their scalars by value and branch outside the loop. Captured by
-// reference (a closure over `wd`, `lr`, ...), LLVM could not rule out that the stores to the
-// slices change them and reloaded them every element, which kept the loops from vectorising:
-// measured 2.3x slower on the SGD loop.
+// reference (a closure over `wd`, `lr`, ...), LLVM cannot rule out that the stores to the
+// slices change them and reloads them every element, which keeps the loops from vectorising.
 
 #[inline(always)]
 fn sgd_momentum_kernel(
