@@ -14,10 +14,10 @@ use std::path::Path;
 /// it is picked only at index 0). 0 for an empty row. The crate's one argmax: predictions,
 /// pseudo-labels and accuracies must agree on ties, or an exported classifier's label could
 /// differ from the one its run reported.
-pub fn argmax(row: &[f32]) -> usize {
+pub fn argmax<T: PartialOrd>(row: &[T]) -> usize {
     let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
             best = i;
         }
     }
