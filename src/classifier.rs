@@ -41,13 +41,14 @@ use crate::clip::preprocess::{preprocess_into, PreprocessConfig, CLIP_MEAN, CLIP
 use crate::clip::vision::VisionTower;
 use crate::clip::weights::{
     build_clip, hf_specs, linear_to_hf, load_hf_vision, read_safetensors, vision_to_hf,
-    write_safetensors_pt, HostTensor, TensorMap,
+    write_safetensors_pt,
 };
 use crate::data::decode::{decode_rgb, DecodeLimits};
 use crate::data::loader::Skipped;
 use crate::infer::{embed_images_with, to_vec, InferOptions};
 use crate::method::layout::RunLayout;
 use crate::method::phase2;
+use crate::util::{argmax, HostTensor, TensorMap};
 
 /// File name of the export description.
 pub const EXPORT_FILE: &str = "coft_classifier.json";
@@ -506,17 +507,6 @@ fn mean_rows(per_model: &[Vec<f32>]) -> Vec<f32> {
     (0..len)
         .map(|j| per_model.iter().map(|p| p[j]).sum::<f32>() / n)
         .collect()
-}
-
-/// Index of the largest value (first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn load_members(

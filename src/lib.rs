@@ -7,6 +7,7 @@
 pub mod classifier;
 pub mod clip;
 pub mod data;
+pub mod evaluate;
 pub mod infer;
 pub mod llm;
 pub mod method;

@@ -233,19 +233,24 @@ impl ChatClient {
                 None,
             )
         })?;
-        parse_answer(&text).map_err(|message| (LlmError::InvalidAnswer { url, message }, None))
+        parse_answer(&url, &text).map_err(|e| (e, None))
     }
 }
 
 /// The contents of `choices[].message.content` (a choice with `text` instead, as older
-/// completion servers send, is accepted too).
-pub fn parse_answer(text: &str) -> Result<Vec<String>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON ({e}): {}", snippet(text)))?;
+/// completion servers send, is accepted too); anything else is an
+/// [`LlmError::InvalidAnswer`] from `url`.
+fn parse_answer(url: &str, text: &str) -> Result<Vec<String>, LlmError> {
+    let invalid = |message: String| LlmError::InvalidAnswer {
+        url: url.to_string(),
+        message,
+    };
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("not JSON ({e}): {}", snippet(text))))?;
     let choices = v
         .get("choices")
         .and_then(|c| c.as_array())
-        .ok_or_else(|| format!("no \"choices\" array: {}", snippet(text)))?;
+        .ok_or_else(|| invalid(format!("no \"choices\" array: {}", snippet(text))))?;
     let out: Vec<String> = choices
         .iter()
         .filter_map(|c| {
@@ -256,10 +261,10 @@ pub fn parse_answer(text: &str) -> Result<Vec<String>, String> {
         })
         .collect();
     if out.is_empty() {
-        return Err(format!(
+        return Err(invalid(format!(
             "no choice carries message.content: {}",
             snippet(text)
-        ));
+        )));
     }
     Ok(out)
 }
@@ -316,11 +321,14 @@ mod tests {
     #[test]
     fn answers_and_errors() {
         let ok = r#"{"choices":[{"message":{"role":"assistant","content":"A."}},{"message":{"content":"B."}}]}"#;
-        assert_eq!(parse_answer(ok).unwrap(), vec!["A.", "B."]);
-        assert!(parse_answer("{\"choices\": [")
-            .unwrap_err()
-            .contains("not JSON"));
-        assert!(parse_answer("{}").unwrap_err().contains("choices"));
+        let parse = |text: &str| parse_answer("http://h", text);
+        assert_eq!(parse(ok).unwrap(), vec!["A.", "B."]);
+        let e = parse("{\"choices\": [").unwrap_err().to_string();
+        assert!(
+            e.starts_with("http://h: unexpected answer: not JSON"),
+            "{e}"
+        );
+        assert!(parse("{}").unwrap_err().to_string().contains("choices"));
         assert_eq!(
             error_message(r#"{"error":{"message":"Invalid API key"}}"#),
             "Invalid API key"

@@ -44,7 +44,7 @@ use crate::clip::config::{Activation, ClipConfig, TextConfig, VisionConfig};
 use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::text::TokenBatch;
 use crate::clip::tokenizer::Tokenizer;
-use crate::clip::weights::{build_clip, clip_to_hf, random_hf, write_safetensors, TensorMap};
+use crate::clip::weights::{build_clip, clip_to_hf, random_hf, write_safetensors};
 use crate::clip::Clip;
 use crate::data::augment;
 use crate::data::decode::DecodeLimits;
@@ -58,6 +58,7 @@ use crate::train::epochs::{
 };
 use crate::train::stage::StageDir;
 use crate::train::{AdamWConfig, LrSchedule, Optimizer, TrainError};
+use crate::util::TensorMap;
 
 /// Caption templates for class-labelled data (CLIP's ImageNet prompt style; the first eight
 /// are the ones issue 6 names).

@@ -89,7 +89,7 @@ fn zero_shot_matches_reference_through_files() {
                     "{reference} row {i} class {j}: {a} vs {b}"
                 );
             }
-            let best = (0..6).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+            let best = coft::util::argmax(&p);
             assert_eq!(row[1], header[2 + best]);
         }
         // No labels (images are not in class folders): no accuracy line.

@@ -10,6 +10,7 @@ use coft::clip::text::TokenBatch;
 use coft::clip::weights::{self, load_files, Naming};
 use coft::clip::Clip;
 use coft::method::zero_shot;
+use coft::util::{HostTensor, TensorMap};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny")
@@ -262,17 +263,17 @@ fn bad_checkpoints_are_clear_errors() {
     let mut extra = hf.clone();
     extra.insert(
         "vision_model.extra_head.weight".into(),
-        weights::HostTensor::new(vec![1], vec![0.0]),
+        HostTensor::new(vec![1], vec![0.0]),
     );
     let e = weights::build_clip(&cfg, extra, &dev)
         .unwrap_err()
         .to_string();
     assert!(e.contains("vision_model.extra_head.weight"), "{e}");
 
-    let mut other = weights::TensorMap::new();
+    let mut other = TensorMap::new();
     other.insert(
         "encoder.weight".into(),
-        weights::HostTensor::new(vec![2], vec![0.0, 1.0]),
+        HostTensor::new(vec![2], vec![0.0, 1.0]),
     );
     let p = dir.path().join("other.safetensors");
     weights::write_safetensors(&p, &other).unwrap();

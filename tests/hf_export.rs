@@ -226,7 +226,7 @@ fn hf_export_reloads_through_the_hf_loader_and_matches_predict_exactly() {
             "{name}: HF folder reloaded vs coft predict --run"
         );
         assert_eq!(
-            &classes[coft::classifier::argmax(&mean[r * 4..(r + 1) * 4])],
+            &classes[coft::util::argmax(&mean[r * 4..(r + 1) * 4])],
             pred
         );
     }

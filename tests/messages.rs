@@ -1,4 +1,4 @@
-//! What the command line says (issue 17): one line per failure, each cause once, names a
+//! What the command line says: one line per failure, each cause once, names a
 //! user can act on, a classes file with a byte-order mark, a 1x1 image classified.
 
 use std::path::{Path, PathBuf};

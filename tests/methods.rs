@@ -1,4 +1,4 @@
-//! The paper's other settings as options of `coft train` (issue 5), on the committed demo
+//! The paper's other settings as options of `coft train`, on the committed demo
 //! assets (a tiny CLIP and 16x16 images, so each run takes seconds): CoFT+ rounds with
 //! re-initialised prompts, semi-supervised labels, distillation between two different tiny
 //! configurations, and the single-model baselines.

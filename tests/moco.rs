@@ -218,7 +218,7 @@ fn queue_saves_and_loads() {
         &p,
         &[(
             "keys".to_string(),
-            coft::train::HostData::new(vec![1, 2], vec![0.0, 1.0]),
+            coft::util::HostTensor::new(vec![1, 2], vec![0.0, 1.0]),
         )],
     )
     .unwrap();

@@ -1,4 +1,4 @@
-//! A run directory you can trust (issue 17): checks before anything is written, the lock,
+//! A run directory you can trust: checks before anything is written, the lock,
 //! the resume rule, relative paths, config.toml as a true record, and checkpoints that are
 //! verified on resume with a fallback. Tiny model, 40 of the demo's committed images.
 

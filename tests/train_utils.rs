@@ -7,9 +7,10 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use coft::train::checkpoint::{load_module, save_module};
 use coft::train::{
-    load_module_tensors, load_tensors, module_tensors, save_tensors, AdamWConfig, HostData,
-    Optimizer, SgdConfig, TrainError, TrainState,
+    load_module_tensors, load_tensors, module_tensors, save_tensors, AdamWConfig, Optimizer,
+    SgdConfig, TrainError, TrainState,
 };
+use coft::util::HostTensor;
 
 #[derive(Module, Debug)]
 struct Tiny {
@@ -276,10 +277,10 @@ fn module_tensors_are_named_by_path_and_loading_names_problems() {
     let names: Vec<String> = module_tensors(&model).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["lin.weight", "lin.bias", "unused", "frozen"]);
 
-    let mut map: BTreeMap<String, HostData> = module_tensors(&model).into_iter().collect();
-    map.insert("lin.bias".into(), HostData::new(vec![3], vec![0.0; 3]));
+    let mut map: BTreeMap<String, HostTensor> = module_tensors(&model).into_iter().collect();
+    map.insert("lin.bias".into(), HostTensor::new(vec![3], vec![0.0; 3]));
     map.remove("unused");
-    map.insert("extra".into(), HostData::new(vec![1], vec![0.0]));
+    map.insert("extra".into(), HostTensor::new(vec![1], vec![0.0]));
     let err = load_module_tensors(tiny(&W0, &B0, &d), &map).unwrap_err();
     let TrainError::Mismatch { problems, .. } = &err else {
         panic!("{err}")
@@ -299,10 +300,10 @@ fn module_tensors_are_named_by_path_and_loading_names_problems() {
 fn writes_are_atomic_and_leave_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.safetensors");
-    let a = vec![("x".to_string(), HostData::new(vec![2], vec![1.0, 2.0]))];
+    let a = vec![("x".to_string(), HostTensor::new(vec![2], vec![1.0, 2.0]))];
     let b = vec![(
         "x".to_string(),
-        HostData::new(vec![1, 3], vec![4.0, 5.0, 6.0]),
+        HostTensor::new(vec![1, 3], vec![4.0, 5.0, 6.0]),
     )];
     save_tensors(&path, &a).unwrap();
     save_tensors(&path, &b).unwrap();

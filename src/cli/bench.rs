@@ -27,7 +27,7 @@ enum What {
     /// Phase I and Phase II training steps at ViT shapes: step time, images/s, peak memory.
     Train(super::bench_train::TrainBenchArgs),
     /// The method benchmark: a CLIP pre-trained here, a shifted CIFAR-10 task, every method
-    /// beside zero-shot and the oracle (issue 6's protocol).
+    /// beside zero-shot and the oracle.
     Method(super::bench_method::MethodBenchArgs),
     /// The method lab: tasks x methods x seeds with `coft init`'s defaults, mean ± sd and
     /// per-stage diagnostics (collapse, set precision, confidence-matched filter check).
@@ -235,21 +235,9 @@ fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     println!(
         "{}",
-        serde_json::json!({"img_per_s": a.batch as f64 / med, "peak_rss_mib": peak_rss_mib(), "iters": times.len()})
+        serde_json::json!({"img_per_s": a.batch as f64 / med, "peak_rss_mib": common::peak_rss_mib(), "iters": times.len()})
     );
     Ok(())
-}
-
-/// Peak resident memory of this process (VmHWM), MiB.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Decode + preprocess throughput, coft's loader beside a torch `DataLoader` over the same
@@ -393,7 +381,7 @@ fn decode_worker(a: DecodeWorkerArgs) -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     println!(
         "{}",
-        serde_json::json!({"img_per_s": paths.len() as f64 / med, "peak_rss_mib": peak_rss_mib(), "iters": times.len()})
+        serde_json::json!({"img_per_s": paths.len() as f64 / med, "peak_rss_mib": common::peak_rss_mib(), "iters": times.len()})
     );
     Ok(())
 }

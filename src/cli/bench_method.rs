@@ -1,4 +1,4 @@
-//! `coft bench method`: the method benchmark of issue 6 on real images, from
+//! `coft bench method`: the method benchmark on real images, from
 //! `../shared/data` (CIFAR-10 with CIFAR-10N captions).
 //!
 //! 1. A small CLIP pre-trained here on training images 0-24,999, captioned by random

@@ -632,11 +632,11 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                 .collect();
             for i in 0..total {
                 // Fresh gradients each step (the update consumes them, as in training), made
-                // outside the timed region by a multi-threaded copy: made by the serial random
-                // generator instead, one core sat idle for a second before every timed step
-                // and the memory-bound update then ran ~30% slower than back to back (measured
-                // with a bare loop), which training, where the backward pass keeps every core
-                // busy, never sees. PyTorch's side gets the same: fresh `.grad` copies.
+                // outside the timed region by a multi-threaded copy, not by the serial random
+                // generator: that would leave cores idle before every timed step, and a
+                // memory-bound pass after idling runs slower than one in training, where the
+                // backward pass keeps every core busy. PyTorch's side gets the same: fresh
+                // `.grad` copies.
                 let grads: Vec<Option<Tensor<1>>> = base
                     .iter()
                     .map(|g| Some(g.clone().mul_scalar(1.0)))
@@ -661,7 +661,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
         serde_json::json!({
             "img_per_s": step.items(b) as f64 / med,
             "step_s": med,
-            "peak_rss_mib": super::bench::peak_rss_mib(),
+            "peak_rss_mib": common::peak_rss_mib(),
             "iters": iters,
         })
     );

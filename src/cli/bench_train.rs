@@ -183,7 +183,7 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     println!(
         "{}",
-        serde_json::json!({"step_s": times[times.len() / 2], "peak_rss_mib": super::bench::peak_rss_mib()})
+        serde_json::json!({"step_s": times[times.len() / 2], "peak_rss_mib": common::peak_rss_mib()})
     );
     Ok(())
 }

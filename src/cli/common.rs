@@ -236,14 +236,10 @@ pub fn evaluate_run_with_progress(
     batch_size: usize,
     device: &Device,
     strict: bool,
-) -> anyhow::Result<coft::method::evaluate::Evaluation> {
+) -> anyhow::Result<coft::evaluate::Evaluation> {
     let mut bar: Option<(String, Progress)> = None;
-    let ev = coft::method::evaluate::evaluate_run(
-        run,
-        data,
-        batch_size,
-        device,
-        &mut |what, done, total| {
+    let ev =
+        coft::evaluate::evaluate_run(run, data, batch_size, device, &mut |what, done, total| {
             if bar.as_ref().is_none_or(|(w, _)| w != what) {
                 if let Some((_, p)) = bar.take() {
                     p.finish();
@@ -256,8 +252,7 @@ pub fn evaluate_run_with_progress(
             if let Some((_, p)) = bar.as_mut() {
                 p.set(done);
             }
-        },
-    )?;
+        })?;
     if let Some((_, p)) = bar.take() {
         p.finish();
     }
@@ -458,4 +453,16 @@ pub fn layered_config_from<C: serde::Serialize + serde::de::DeserializeOwned + D
             None => anyhow::anyhow!("config: {msg}"),
         }
     })
+}
+
+/// Peak resident memory of this process (VmHWM), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

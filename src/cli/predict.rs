@@ -160,7 +160,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             w.write_record(&header)?;
             for (r, &i) in preds.kept.iter().enumerate() {
                 let p = &preds.probabilities[r * c..(r + 1) * c];
-                let pred = coft::classifier::argmax(p);
+                let pred = coft::util::argmax(p);
                 let mut rec = vec![inputs.names[i].clone(), clf.classes()[pred].clone()];
                 rec.extend(p.iter().map(|x| x.to_string()));
                 w.write_record(&rec)?;

@@ -428,7 +428,7 @@ fn write_timings(
         let stop = stages.get(i + 1).map_or(end, |s| s.1);
         list.push(serde_json::json!([name, (stop - *start).as_secs_f64()]));
     }
-    let peak = super::bench::peak_rss_mib().max(doc["peak_rss_mib"].as_f64().unwrap_or(0.0));
+    let peak = common::peak_rss_mib().max(doc["peak_rss_mib"].as_f64().unwrap_or(0.0));
     doc["stages"] = list.into();
     doc["peak_rss_mib"] = peak.into();
     coft::util::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())

@@ -98,7 +98,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut correct = 0;
     for (row, &i) in emb.kept.iter().enumerate() {
         let p = &probs[row * c..(row + 1) * c];
-        let pred = coft::classifier::argmax(p);
+        let pred = coft::util::argmax(p);
         if let Some(l) = &labels {
             correct += usize::from(l[row] == pred);
         }

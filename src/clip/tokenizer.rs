@@ -255,13 +255,7 @@ pub fn eot_position(ids: &[u32]) -> usize {
     if let Some(pos) = ids.iter().position(|&id| id == EOT) {
         return pos;
     }
-    let mut best = 0;
-    for (i, &id) in ids.iter().enumerate() {
-        if id > ids[best] {
-            best = i;
-        }
-    }
-    best
+    crate::util::argmax(ids)
 }
 
 /// Python's `str.isspace()`, used by `str.split()`/`str.strip()` in the reference. It is

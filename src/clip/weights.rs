@@ -3,11 +3,11 @@
 //! renamed to Hugging Face names first), and seeded random weights that take the same
 //! path, so tests exercise exactly what a real checkpoint goes through.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rand::{RngExt, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
 
@@ -17,52 +17,7 @@ use super::text::TextTower;
 use super::transformer::{layer_norm, Attention, Block, Mlp};
 use super::vision::VisionTower;
 use super::ClipError;
-
-/// A tensor on the host in f32, row-major.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Self { shape, data }
-    }
-
-    pub fn from_tensor<const D: usize>(t: Tensor<D>) -> Self {
-        let shape = t.dims().to_vec();
-        let data = t
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        Self { shape, data }
-    }
-
-    /// `[rows, cols]` -> `[cols, rows]`, materialised (device matmuls want contiguous weights).
-    fn transposed(&self) -> Self {
-        let (r, c) = (self.shape[0], self.shape[1]);
-        let mut out = vec![0.0; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                out[j * r + i] = self.data[i * c + j];
-            }
-        }
-        Self::new(vec![c, r], out)
-    }
-
-    fn to_device<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(
-            TensorData::new(self.data.clone(), self.shape.clone()),
-            device,
-        )
-    }
-}
-
-/// Named host tensors, as read from or written to a safetensors file.
-pub type TensorMap = BTreeMap<String, HostTensor>;
+use crate::util::{HostTensor, TensorMap};
 
 /// Read every tensor of a safetensors file as f32 (f32, f16 and bf16 are accepted).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, ClipError> {
@@ -507,7 +462,7 @@ impl Taker {
     }
 
     fn vec(&mut self, key: &str, n: usize, device: &Device) -> Result<Tensor<1>, ClipError> {
-        Ok(self.take(key, &[n])?.to_device(device))
+        Ok(self.take(key, &[n])?.to_tensor(device))
     }
 
     fn layer_norm(
@@ -533,7 +488,7 @@ impl Taker {
         let b = self.vec(&format!("{prefix}.bias"), out, device)?;
         // Stored [in, out] contiguous so no transpose happens per forward.
         Ok(burn::nn::Linear {
-            weight: Param::from_tensor(w.transposed().to_device(device)),
+            weight: Param::from_tensor(w.transposed().to_tensor(device)),
             bias: Some(Param::from_tensor(b)),
         })
     }
@@ -552,7 +507,7 @@ impl Taker {
         )?;
         let patch = HostTensor::new(vec![vd, 3 * p * p], patch.data).transposed();
         Ok(VisionTower {
-            patch_embed: Param::from_tensor(patch.to_device(device)),
+            patch_embed: Param::from_tensor(patch.to_tensor(device)),
             class_embedding: Param::from_tensor(self.vec(
                 "vision_model.embeddings.class_embedding",
                 vd,
@@ -563,7 +518,7 @@ impl Taker {
                     "vision_model.embeddings.position_embedding.weight",
                     &[v.num_positions(), vd],
                 )?
-                .to_device(device),
+                .to_tensor(device),
             ),
             ln_pre: self.layer_norm("vision_model.pre_layrnorm", vd, v.layer_norm_eps, device)?,
             layers: self.blocks(
@@ -585,7 +540,7 @@ impl Taker {
             projection: Param::from_tensor(
                 self.take("visual_projection.weight", &[projection_dim, vd])?
                     .transposed()
-                    .to_device(device),
+                    .to_tensor(device),
             ),
             config: v.clone(),
         })
@@ -617,9 +572,9 @@ impl Taker {
                 }
                 let qkv_w = HostTensor::new(vec![3 * d, d], w).transposed();
                 let qkv = burn::nn::Linear {
-                    weight: Param::from_tensor(qkv_w.to_device(device)),
+                    weight: Param::from_tensor(qkv_w.to_tensor(device)),
                     bias: Some(Param::from_tensor(
-                        HostTensor::new(vec![3 * d], b).to_device(device),
+                        HostTensor::new(vec![3 * d], b).to_tensor(device),
                     )),
                 };
                 Ok(Block {
@@ -657,14 +612,14 @@ pub fn build_clip(cfg: &ClipConfig, map: TensorMap, device: &Device) -> Result<C
                 "text_model.embeddings.token_embedding.weight",
                 &[t.vocab_size, td],
             )?
-            .to_device(device),
+            .to_tensor(device),
         ),
         position_embedding: Param::from_tensor(
             tk.take(
                 "text_model.embeddings.position_embedding.weight",
                 &[t.context_length, td],
             )?
-            .to_device(device),
+            .to_tensor(device),
         ),
         layers: tk.blocks(
             "text_model",
@@ -680,12 +635,12 @@ pub fn build_clip(cfg: &ClipConfig, map: TensorMap, device: &Device) -> Result<C
         projection: Param::from_tensor(
             tk.take("text_projection.weight", &[cfg.projection_dim, td])?
                 .transposed()
-                .to_device(device),
+                .to_tensor(device),
         ),
         config: t.clone(),
     };
     let scale = tk.take("logit_scale", &[])?;
-    let logit_scale = Param::from_tensor(HostTensor::new(vec![1], scale.data).to_device(device));
+    let logit_scale = Param::from_tensor(HostTensor::new(vec![1], scale.data).to_tensor(device));
     if !tk.map.is_empty() {
         return Err(unexpected(tk.map.keys()));
     }
@@ -709,17 +664,17 @@ pub fn clip_to_hf(model: &Clip) -> TensorMap {
     }
     m.insert(
         "text_projection.weight".into(),
-        HostTensor::from_tensor(t.projection.val()).transposed(),
+        HostTensor::from_tensor(&t.projection.val()).transposed(),
     );
     m.insert(
         "text_model.embeddings.token_embedding.weight".into(),
-        HostTensor::from_tensor(t.token_embedding.val()),
+        HostTensor::from_tensor(&t.token_embedding.val()),
     );
     m.insert(
         "text_model.embeddings.position_embedding.weight".into(),
-        HostTensor::from_tensor(t.position_embedding.val()),
+        HostTensor::from_tensor(&t.position_embedding.val()),
     );
-    let s = HostTensor::from_tensor(model.logit_scale.val());
+    let s = HostTensor::from_tensor(&model.logit_scale.val());
     m.insert("logit_scale".into(), HostTensor::new(vec![], s.data));
     m
 }
@@ -732,18 +687,18 @@ pub fn vision_to_hf(v: &VisionTower) -> TensorMap {
     let mut m = TensorMap::new();
     blocks_to_hf("vision_model", &v.layers, &mut m);
     let (vd, p) = (v.config.hidden_size, v.config.patch_size);
-    let patch = HostTensor::from_tensor(v.patch_embed.val()).transposed();
+    let patch = HostTensor::from_tensor(&v.patch_embed.val()).transposed();
     m.insert(
         "vision_model.embeddings.patch_embedding.weight".into(),
         HostTensor::new(vec![vd, 3, p, p], patch.data),
     );
     m.insert(
         "vision_model.embeddings.class_embedding".into(),
-        HostTensor::from_tensor(v.class_embedding.val()),
+        HostTensor::from_tensor(&v.class_embedding.val()),
     );
     m.insert(
         "vision_model.embeddings.position_embedding.weight".into(),
-        HostTensor::from_tensor(v.position_embedding.val()),
+        HostTensor::from_tensor(&v.position_embedding.val()),
     );
     for (name, l) in [
         ("vision_model.pre_layrnorm", &v.ln_pre),
@@ -757,7 +712,7 @@ pub fn vision_to_hf(v: &VisionTower) -> TensorMap {
     }
     m.insert(
         "visual_projection.weight".into(),
-        HostTensor::from_tensor(v.projection.val()).transposed(),
+        HostTensor::from_tensor(&v.projection.val()).transposed(),
     );
     m
 }
@@ -765,15 +720,15 @@ pub fn vision_to_hf(v: &VisionTower) -> TensorMap {
 /// A linear layer as PyTorch stores it: weight `[out, in]`, bias `[out]`.
 pub fn linear_to_hf(l: &burn::nn::Linear) -> (HostTensor, Option<HostTensor>) {
     (
-        HostTensor::from_tensor(l.weight.val()).transposed(),
-        l.bias.as_ref().map(|b| HostTensor::from_tensor(b.val())),
+        HostTensor::from_tensor(&l.weight.val()).transposed(),
+        l.bias.as_ref().map(|b| HostTensor::from_tensor(&b.val())),
     )
 }
 
 fn ln_to_hf(l: &burn::nn::LayerNorm) -> (HostTensor, Option<HostTensor>) {
     (
-        HostTensor::from_tensor(l.gamma.val()),
-        l.beta.as_ref().map(|b| HostTensor::from_tensor(b.val())),
+        HostTensor::from_tensor(&l.gamma.val()),
+        l.beta.as_ref().map(|b| HostTensor::from_tensor(&b.val())),
     )
 }
 

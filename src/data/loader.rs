@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 
 use crate::clip::preprocess::{self, PreprocessConfig};
-use crate::data::decode::{decode_rgb, DecodeLimits};
+use crate::data::decode::{decode_rgb, DecodeError, DecodeLimits};
 
 /// A file that could not be used, and why (one line, names the path).
 #[derive(Clone, Debug)]
@@ -55,16 +55,14 @@ pub fn load_batches(
         let mut start = 0;
         while start < n {
             let end = (start + bs).min(n);
-            let results: Vec<(usize, Result<Vec<f32>, String>)> = (start..end)
+            let results: Vec<(usize, Result<Vec<f32>, DecodeError>)> = (start..end)
                 .into_par_iter()
                 .map(|i| {
-                    let r = decode_rgb(&paths[i], &config.limits)
-                        .map(|img| {
-                            let mut buf = vec![0.0f32; per];
-                            transform(i, &img, &mut buf);
-                            buf
-                        })
-                        .map_err(|e| e.to_string());
+                    let r = decode_rgb(&paths[i], &config.limits).map(|img| {
+                        let mut buf = vec![0.0f32; per];
+                        transform(i, &img, &mut buf);
+                        buf
+                    });
                     (i, r)
                 })
                 .collect();
@@ -79,10 +77,10 @@ pub fn load_batches(
                         batch.pixels.extend_from_slice(&px);
                         batch.indices.push(i);
                     }
-                    Err(reason) => batch.skipped.push(Skipped {
+                    Err(e) => batch.skipped.push(Skipped {
                         index: i,
                         path: paths[i].clone(),
-                        reason,
+                        reason: e.to_string(),
                     }),
                 }
             }

@@ -593,7 +593,7 @@ pub fn read_classes_file(path: &Path) -> Result<Vec<String>, DataError> {
 /// class name (trimmed; `\r\n` endings and a final newline are fine), and a blank line,
 /// a duplicate or no name at all is an error. `Err((line, problem))`, line 0 for the whole
 /// file.
-pub fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
+fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut classes = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -1555,5 +1555,26 @@ impl fmt::Display for CheckReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_classes;
+
+    #[test]
+    fn classes_file_rules() {
+        assert_eq!(parse_classes("dog\ncat\n").unwrap(), vec!["dog", "cat"]);
+        assert_eq!(parse_classes("dog\r\ncat").unwrap(), vec!["dog", "cat"]);
+        // A byte-order mark (Windows editors) is not part of the first class's name.
+        assert_eq!(
+            parse_classes("\u{feff}dog\ncat\n").unwrap(),
+            vec!["dog", "cat"]
+        );
+        assert_eq!(parse_classes("dog\n\ncat\n").unwrap_err().0, 2);
+        let e = parse_classes("dog\ncat\ndog\n").unwrap_err();
+        assert_eq!(e.0, 3);
+        assert!(e.1.contains("line 1"));
+        assert!(parse_classes("\n").is_err());
     }
 }

@@ -25,7 +25,8 @@ use crate::clip::vision::VisionTower;
 use crate::data::loader::Transform;
 use crate::train::epochs::{train_epochs, EpochPlan, EpochTask, EpochTotals, StepBatch};
 use crate::train::stage::StageDir;
-use crate::train::{HostData, NamedTensors, Optimizer, TrainError};
+use crate::train::{Optimizer, TrainError};
+use crate::util::{HostTensor, TensorMap};
 
 /// MoCo's contrastive loss for L2-normalised queries `q [B, D]`, their keys `k [B, D]` and
 /// the queued keys `[Q, D]` (`None` or `Q = 0`: no negatives yet, the loss is 0):
@@ -164,12 +165,12 @@ impl Queue {
         &self,
         prefix: &str,
     ) -> (
-        Vec<(String, HostData)>,
+        Vec<(String, HostTensor)>,
         std::collections::BTreeMap<String, String>,
     ) {
         let tensors = vec![(
             format!("{prefix}keys"),
-            HostData::new(vec![self.len, self.dim], self.keys().to_vec()),
+            HostTensor::new(vec![self.len, self.dim], self.keys().to_vec()),
         )];
         // One metadata entry: safetensors keeps metadata in a hash map, so several entries
         // would come out in a random order and identical states in different bytes.
@@ -183,7 +184,7 @@ impl Queue {
     /// The inverse of [`to_checkpoint`](Self::to_checkpoint).
     pub fn from_checkpoint(
         prefix: &str,
-        tensors: &NamedTensors,
+        tensors: &TensorMap,
         meta: &std::collections::BTreeMap<String, String>,
     ) -> Result<Self, MocoError> {
         let k = format!("{prefix}state");
@@ -314,7 +315,7 @@ pub struct MocoSet {
 }
 
 fn save_moco_state(path: &Path, momentum: &VisionTower, queue: &Queue) -> Result<(), TrainError> {
-    let mut tensors: Vec<(String, HostData)> = crate::train::module_tensors(momentum)
+    let mut tensors: Vec<(String, HostTensor)> = crate::train::module_tensors(momentum)
         .into_iter()
         .map(|(n, t)| (format!("momentum.{n}"), t))
         .collect();
@@ -325,7 +326,7 @@ fn save_moco_state(path: &Path, momentum: &VisionTower, queue: &Queue) -> Result
 
 fn load_moco_state(path: &Path, momentum: VisionTower) -> Result<(VisionTower, Queue), TrainError> {
     let (tensors, meta) = crate::train::load_tensors_with_metadata(path)?;
-    let sub: NamedTensors = tensors
+    let sub: TensorMap = tensors
         .iter()
         .filter_map(|(k, v)| {
             k.strip_prefix("momentum.")

@@ -3,7 +3,6 @@
 
 pub mod config;
 pub mod config_file;
-pub mod evaluate;
 pub mod layout;
 pub mod losses;
 pub mod moco;

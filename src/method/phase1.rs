@@ -17,7 +17,7 @@ use crate::train::TrainError;
 /// Rows of `scores` whose argmax equals the label.
 pub fn count_correct(scores: Tensor<2>, labels: &[usize]) -> usize {
     let c = scores.dims()[1];
-    crate::method::pseudo_labels::argmax_rows(&to_host(scores.inner()), c)
+    crate::util::argmax_rows(&to_host(scores.inner()), c)
         .iter()
         .zip(labels)
         .filter(|((p, _), y)| p == *y)

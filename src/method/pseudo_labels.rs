@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::util::argmax_rows;
+
 /// One image's pseudo-label in a stage. `clean` is set by collaborative filtering;
 /// `true_label` only when the data has labels (evaluation, never training).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,22 +18,6 @@ pub struct PseudoLabel {
     pub selected: bool,
     pub clean: Option<bool>,
     pub true_label: Option<usize>,
-}
-
-/// Argmax and max of each row of a row-major `[n, c]` probability matrix.
-pub fn argmax_rows(probs: &[f32], c: usize) -> Vec<(usize, f32)> {
-    probs
-        .chunks(c)
-        .map(|row| {
-            let mut best = 0;
-            for (i, &p) in row.iter().enumerate() {
-                if p > row[best] {
-                    best = i;
-                }
-            }
-            (best, row[best])
-        })
-        .collect()
 }
 
 /// Sinkhorn balancing of a row-major `[n, c]` probability matrix in place: `iters` rounds of

@@ -92,11 +92,6 @@ pub fn read_classes(path: &std::path::Path) -> Result<Vec<String>, PromptFileErr
     })
 }
 
-/// See [`crate::data::source::parse_classes`].
-pub fn parse_classes(text: &str) -> Result<Vec<String>, (usize, String)> {
-    crate::data::source::parse_classes(text)
-}
-
 /// CuPL-style `{"class name": ["sentence", ...]}`.
 pub fn read_templates_json(
     path: &std::path::Path,
@@ -207,22 +202,6 @@ pub fn build_prompts(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classes_file_rules() {
-        assert_eq!(parse_classes("dog\ncat\n").unwrap(), vec!["dog", "cat"]);
-        assert_eq!(parse_classes("dog\r\ncat").unwrap(), vec!["dog", "cat"]);
-        // A byte-order mark (Windows editors) is not part of the first class's name.
-        assert_eq!(
-            parse_classes("\u{feff}dog\ncat\n").unwrap(),
-            vec!["dog", "cat"]
-        );
-        assert_eq!(parse_classes("dog\n\ncat\n").unwrap_err().0, 2);
-        let e = parse_classes("dog\ncat\ndog\n").unwrap_err();
-        assert_eq!(e.0, 3);
-        assert!(e.1.contains("line 1"));
-        assert!(parse_classes("\n").is_err());
-    }
 
     #[test]
     fn cupl_files_are_checked_against_the_classes() {

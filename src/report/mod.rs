@@ -66,7 +66,7 @@ pub struct LabeledItem {
 
 impl Labeled {
     /// From an evaluation on a labeled split (`coft report --data`).
-    pub fn from_evaluation(ev: &crate::method::evaluate::Evaluation, source: String) -> Self {
+    pub fn from_evaluation(ev: &crate::evaluate::Evaluation, source: String) -> Self {
         let ens = ev.predictions(&ev.ensemble);
         let zs = ev.predictions(&ev.zero_shot);
         let mut models = vec![("zero-shot".to_string(), ev.accuracy(&ev.zero_shot))];
@@ -413,14 +413,27 @@ fn thumb_html(path: &Path, size: u32) -> String {
             "<img class=\"thumb\" src=\"{uri}\" alt=\"{}\">",
             escape(&path.display().to_string())
         ),
-        Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e)),
+        Err(e) => format!("<div class=\"nothumb\">{}</div>", escape(&e.to_string())),
     }
 }
 
+/// Why a sample has no thumbnail; the report shows the message in its place.
+#[derive(Debug, thiserror::Error)]
+pub enum ThumbnailError {
+    /// The image could not be read (the message names the file).
+    #[error(transparent)]
+    Decode(#[from] crate::data::decode::DecodeError),
+    /// The thumbnail could not be encoded as JPEG.
+    #[error("{}: encoding the thumbnail: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+}
+
 /// A JPEG thumbnail (longer side `size`) as a data URI, or the reason it could not be made.
-pub fn thumbnail_data_uri(path: &Path, size: u32) -> Result<String, String> {
-    let img =
-        crate::data::decode::decode_rgb(path, &Default::default()).map_err(|e| e.to_string())?;
+pub fn thumbnail_data_uri(path: &Path, size: u32) -> Result<String, ThumbnailError> {
+    let img = crate::data::decode::decode_rgb(path, &Default::default())?;
     let (w, h) = img.dimensions();
     let scale = f64::from(size) / f64::from(w.max(h).max(1));
     let (tw, th) = (
@@ -431,7 +444,10 @@ pub fn thumbnail_data_uri(path: &Path, size: u32) -> Result<String, String> {
     let mut bytes = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
         .encode_image(&small)
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ThumbnailError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(format!("data:image/jpeg;base64,{}", base64(&bytes)))
 }
 

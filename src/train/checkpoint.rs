@@ -8,69 +8,21 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
-use rand_chacha::ChaCha8Rng;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-
-/// A tensor on the host in f32, row-major: what checkpoints hold.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostData {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// Named host tensors, as read from a safetensors file.
-pub type NamedTensors = BTreeMap<String, HostData>;
-
-impl HostData {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} does not match {} values",
-            data.len()
-        );
-        Self { shape, data }
-    }
-
-    /// Copy a tensor to the host (any float dtype, converted to f32).
-    pub fn from_tensor<const D: usize>(tensor: &Tensor<D>) -> Self {
-        let shape = tensor.dims().to_vec();
-        let data = tensor
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("a float tensor converted to f32 reads back as f32");
-        Self { shape, data }
-    }
-
-    /// Upload to `device`. Panics when the rank is not `D`; callers check shapes first
-    /// (see [`load_module_tensors`]).
-    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        assert_eq!(
-            self.shape.len(),
-            D,
-            "host tensor of shape {:?} is not of rank {D}",
-            self.shape
-        );
-        Tensor::from_data(
-            TensorData::new(self.data.clone(), self.shape.clone()),
-            device,
-        )
-    }
-}
+use crate::util::{HostTensor, TensorMap};
 
 /// Write named f32 tensors to a safetensors file, atomically.
-pub fn save_tensors(path: &Path, tensors: &[(String, HostData)]) -> Result<(), TrainError> {
+pub fn save_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
     save_tensors_with_metadata(path, tensors, &BTreeMap::new())
 }
 
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`).
 pub fn save_tensors_with_metadata(
     path: &Path,
-    tensors: &[(String, HostData)],
+    tensors: &[(String, HostTensor)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), TrainError> {
     let bytes: Vec<(&str, Vec<u8>, &[usize])> = tensors
@@ -100,14 +52,14 @@ pub fn save_tensors_with_metadata(
 }
 
 /// Read every tensor of a safetensors file as f32 (f32, f16 and bf16 are accepted).
-pub fn load_tensors(path: &Path) -> Result<NamedTensors, TrainError> {
+pub fn load_tensors(path: &Path) -> Result<TensorMap, TrainError> {
     load_tensors_with_metadata(path).map(|(t, _)| t)
 }
 
 /// [`load_tensors`] and the header's string metadata.
 pub fn load_tensors_with_metadata(
     path: &Path,
-) -> Result<(NamedTensors, BTreeMap<String, String>), TrainError> {
+) -> Result<(TensorMap, BTreeMap<String, String>), TrainError> {
     use safetensors::SafeTensors;
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -119,7 +71,7 @@ pub fn load_tensors_with_metadata(
         .unwrap_or_default();
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::in_file(path, format!("not a valid safetensors file: {e}")))?;
-    let mut map = NamedTensors::new();
+    let mut map = TensorMap::new();
     for (name, view) in st.tensors() {
         let data = crate::util::safetensors_f32(&view).ok_or_else(|| {
             TrainError::in_file(
@@ -127,7 +79,7 @@ pub fn load_tensors_with_metadata(
                 format!("tensor {name:?} has unsupported dtype {:?}", view.dtype()),
             )
         })?;
-        map.insert(name, HostData::new(view.shape().to_vec(), data));
+        map.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     Ok((map, metadata))
 }
@@ -154,10 +106,10 @@ impl PathTracker {
 }
 
 /// Every float parameter of `module` as a named host tensor, in visit order.
-pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostData)> {
+pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostTensor)> {
     struct Collect {
         at: PathTracker,
-        out: Vec<(String, HostData)>,
+        out: Vec<(String, HostTensor)>,
     }
     impl ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -168,7 +120,7 @@ pub fn module_tensors<M: Module>(module: &M) -> Vec<(String, HostData)> {
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let name = self.at.next_name();
-            self.out.push((name, HostData::from_tensor(&param.val())));
+            self.out.push((name, HostTensor::from_tensor(&param.val())));
         }
     }
     let mut c = Collect {
@@ -211,7 +163,7 @@ pub fn module_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
 /// naming it (all problems are listed). Parameters keep their device, id and whether they
 /// require a gradient, so a module built from scratch and loaded trains on exactly as
 /// the saved one would.
-pub fn load_module_tensors<M: Module>(module: M, tensors: &NamedTensors) -> Result<M, TrainError> {
+pub fn load_module_tensors<M: Module>(module: M, tensors: &TensorMap) -> Result<M, TrainError> {
     let shapes = module_shapes(&module);
     let mut problems = Vec::new();
     for (name, shape) in &shapes {
@@ -237,7 +189,7 @@ pub fn load_module_tensors<M: Module>(module: M, tensors: &NamedTensors) -> Resu
 
     struct Load<'a> {
         at: PathTracker,
-        tensors: &'a NamedTensors,
+        tensors: &'a TensorMap,
     }
     impl ModuleMapper for Load<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -277,51 +229,11 @@ pub fn load_module<M: Module>(path: &Path, module: M) -> Result<M, TrainError> {
     })
 }
 
-/// Position of a seeded ChaCha8 generator, enough to continue its stream exactly after a
-/// restart (the project seeds every random choice with `ChaCha8Rng`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// The 32-byte key, hex.
-    pub seed: String,
-    pub stream: u64,
-    /// Words consumed so far; a string because JSON readers lose integers past 2^53.
-    pub word_pos: String,
-}
-
-impl RngState {
-    pub fn capture(rng: &ChaCha8Rng) -> Self {
-        Self {
-            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
-            stream: rng.get_stream(),
-            word_pos: rng.get_word_pos().to_string(),
-        }
-    }
-
-    pub fn restore(&self) -> Result<ChaCha8Rng, String> {
-        use rand::SeedableRng;
-        let hex = self.seed.as_bytes();
-        if hex.len() != 64 {
-            return Err(format!("rng seed {:?} is not 64 hex digits", self.seed));
-        }
-        let mut seed = [0u8; 32];
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            let s = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
-            seed[i] = u8::from_str_radix(s, 16)
-                .map_err(|_| format!("rng seed {:?} is not hex", self.seed))?;
-        }
-        let word_pos: u128 = self
-            .word_pos
-            .parse()
-            .map_err(|_| format!("rng word_pos {:?} is not an integer", self.word_pos))?;
-        let mut rng = ChaCha8Rng::from_seed(seed);
-        rng.set_stream(self.stream);
-        rng.set_word_pos(word_pos);
-        Ok(rng)
-    }
-}
-
 /// Where a training stage stands, saved next to its tensors so resume knows the epoch,
-/// step, generator positions and what the log said last.
+/// step and what the log said last. No generator position is kept: every random draw is
+/// keyed by the run's seed, the epoch and the sample or step (`augment::sample_rng`,
+/// `loader::mix`), so the epoch is all a resume needs. States written before this carry an
+/// always-empty `rngs` map, which reading ignores.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     #[serde(default)]
@@ -332,8 +244,6 @@ pub struct TrainState {
     pub step: usize,
     #[serde(default)]
     pub seed: u64,
-    #[serde(default)]
-    pub rngs: BTreeMap<String, RngState>,
     /// Free-form summary (last loss, best accuracy, ...).
     #[serde(default)]
     pub metrics: serde_json::Map<String, serde_json::Value>,
@@ -364,33 +274,22 @@ impl TrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
 
     #[test]
-    fn rng_state_round_trips_mid_stream() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        rng.set_stream(3);
-        for _ in 0..13 {
-            rng.next_u32();
-        }
-        let state = RngState::capture(&rng);
-        let json = serde_json::to_string(&state).unwrap();
-        let mut back = serde_json::from_str::<RngState>(&json)
-            .unwrap()
-            .restore()
-            .unwrap();
-        let a: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
-        let b: Vec<u64> = (0..5).map(|_| back.next_u64()).collect();
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn bad_rng_seed_is_an_error() {
-        let s = RngState {
-            seed: "zz".into(),
-            stream: 0,
-            word_pos: "0".into(),
-        };
-        assert!(s.restore().is_err());
+    fn states_written_with_generator_positions_still_load() {
+        let old = r#"{
+  "stage": "m1",
+  "epoch": 2,
+  "step": 8,
+  "seed": 0,
+  "rngs": {},
+  "metrics": {}
+}
+"#;
+        let state: TrainState = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (state.stage.as_str(), state.epoch, state.step),
+            ("m1", 2, 8)
+        );
     }
 }

@@ -15,8 +15,7 @@ pub mod stage;
 
 pub use checkpoint::{
     load_module, load_module_tensors, load_tensors, load_tensors_with_metadata, module_shapes,
-    module_tensors, save_module, save_tensors, save_tensors_with_metadata, HostData, NamedTensors,
-    RngState, TrainState,
+    module_tensors, save_module, save_tensors, save_tensors_with_metadata, TrainState,
 };
 pub use metrics::{read_metrics, MetricsWriter, Record};
 pub use optim::{AdamWConfig, Optimizer, OptimizerConfig, SgdConfig};

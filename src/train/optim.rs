@@ -19,10 +19,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Gradients, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    load_tensors_with_metadata, module_shapes, save_tensors_with_metadata, HostData, NamedTensors,
-};
+use super::checkpoint::{load_tensors_with_metadata, module_shapes, save_tensors_with_metadata};
 use super::TrainError;
+use crate::util::{HostTensor, TensorMap};
 
 /// `torch.optim.SGD` with `dampening = 0`, `nesterov = False`:
 /// `g = grad + wd * p; buf = g (first step) else momentum * buf + g; p -= lr * buf`.
@@ -105,12 +104,12 @@ impl Buf {
         }
     }
 
-    fn to_host(&self, shape: &[usize]) -> HostData {
+    fn to_host(&self, shape: &[usize]) -> HostTensor {
         match self {
-            Buf::Host(v) => HostData::new(shape.to_vec(), v.clone()),
-            Buf::Device(t) => HostData {
+            Buf::Host(v) => HostTensor::new(shape.to_vec(), v.clone()),
+            Buf::Device(t) => HostTensor {
                 shape: shape.to_vec(),
-                data: HostData::from_tensor(t).data,
+                data: HostTensor::from_tensor(t).data,
             },
         }
     }
@@ -284,8 +283,9 @@ impl Optimizer {
     /// Start one parameter's update. On the CPU it becomes a [`HostJob`], run with the step's
     /// others in one parallel pass ([`run_jobs`](Self::run_jobs)), and an empty placeholder
     /// stands in for the parameter until then; elsewhere it runs now, as tensor operations.
-    /// One pass for the whole step instead of one per tensor: ~150 fork-joins less, measured
-    /// 8% faster on the bare loop at ViT-B/16 (memory-bound, 2 cores).
+    /// One pass for the whole step rather than one per tensor, because the update is
+    /// memory-bound and each of a ViT's ~150 tensors would otherwise pay its own fork-join
+    /// (README, "Benchmarks").
     fn begin<const D: usize>(
         &mut self,
         index: usize,
@@ -381,7 +381,7 @@ impl Optimizer {
     /// The state as named host tensors, PyTorch's names per slot: `state.{i}.momentum_buffer`
     /// (SGD), `state.{i}.exp_avg`, `state.{i}.exp_avg_sq`, `state.{i}.step` (AdamW; a
     /// one-element f32 tensor as in PyTorch, exact up to 2^24 steps).
-    pub fn state_tensors(&self) -> Vec<(String, HostData)> {
+    pub fn state_tensors(&self) -> Vec<(String, HostTensor)> {
         let mut out = Vec::new();
         let (first, second) = match self.config {
             OptimizerConfig::Sgd(_) => ("momentum_buffer", None),
@@ -398,7 +398,7 @@ impl Optimizer {
             if second.is_some() {
                 out.push((
                     format!("state.{i}.step"),
-                    HostData::new(vec![1], vec![slot.step as f32]),
+                    HostTensor::new(vec![1], vec![slot.step as f32]),
                 ));
             }
         }
@@ -407,7 +407,7 @@ impl Optimizer {
 
     /// Replace the state by `tensors` (as made by [`state_tensors`](Self::state_tensors)).
     /// The configuration stays this optimiser's own; state of another kind is an error.
-    pub fn load_state_tensors(&mut self, tensors: &NamedTensors) -> Result<(), TrainError> {
+    pub fn load_state_tensors(&mut self, tensors: &TensorMap) -> Result<(), TrainError> {
         let adamw = matches!(self.config, OptimizerConfig::AdamW(_));
         let (first, second) = if adamw {
             ("exp_avg", Some("exp_avg_sq"))
@@ -759,9 +759,8 @@ impl Optimizer {
 }
 
 // The update loops take their scalars by value and branch outside the loop. Captured by
-// reference (a closure over `wd`, `lr`, ...), LLVM could not rule out that the stores to the
-// slices change them and reloaded them every element, which kept the loops from vectorising:
-// measured 2.3x slower on the SGD loop.
+// reference (a closure over `wd`, `lr`, ...), LLVM cannot rule out that the stores to the
+// slices change them and reloads them every element, which keeps the loops from vectorising.
 
 #[inline(always)]
 fn sgd_momentum_kernel(
@@ -920,7 +919,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     fn bits(t: &Tensor<1>) -> Vec<u32> {
-        HostData::from_tensor(t)
+        HostTensor::from_tensor(t)
             .data
             .iter()
             .map(|x| x.to_bits())
@@ -1076,14 +1075,14 @@ mod tests {
                 let (g1, g2) = (g(), g());
                 let t = std::time::Instant::now();
                 pf = fused(&mut opt, vec![(0, pf, g1)], 0.01).remove(0);
-                let _ = HostData::from_tensor(&pf.clone().narrow(0, 0, 1));
+                let _ = HostTensor::from_tensor(&pf.clone().narrow(0, 0, 1));
                 let a = t.elapsed().as_secs_f64();
                 let t = std::time::Instant::now();
                 po = match &config {
                     OptimizerConfig::Sgd(c) => sgd_update_ops(c, &mut so, po, g2, 0.01, &dev),
                     OptimizerConfig::AdamW(c) => adamw_update_ops(c, &mut so, po, g2, 0.01, &dev),
                 };
-                let _ = HostData::from_tensor(&po.clone().narrow(0, 0, 1));
+                let _ = HostTensor::from_tensor(&po.clone().narrow(0, 0, 1));
                 let b = t.elapsed().as_secs_f64();
                 if step > 0 {
                     tf.push(a);

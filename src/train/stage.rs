@@ -20,6 +20,23 @@ use sha2::Digest;
 
 use super::{load_module, save_module, Optimizer, TrainError, TrainState};
 
+/// Why an epoch's checkpoint cannot be resumed from ([`StageDir::verify`]). The messages
+/// go into warnings that name the stage folder, so a file is named relative to it.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("no checksums recorded for epoch {epoch}")]
+    NoChecksums { epoch: usize },
+    #[error("no model recorded for epoch {epoch}")]
+    NoModel { epoch: usize },
+    #[error("{name} is missing")]
+    Missing { name: String },
+    #[error("{name} does not match its checksum")]
+    Damaged { name: String },
+    /// A recorded file that could not be read (the message names it).
+    #[error(transparent)]
+    Unreadable(#[from] TrainError),
+}
+
 pub struct StageDir {
     pub dir: PathBuf,
 }
@@ -78,25 +95,23 @@ impl StageDir {
     /// Whether epoch `epoch`'s files are all there and match the checksums `state`
     /// recorded; `Err` says which file is missing or damaged. States without checksums
     /// (older runs) pass.
-    fn verify(&self, state: &TrainState, epoch: usize) -> Result<(), String> {
+    fn verify(&self, state: &TrainState, epoch: usize) -> Result<(), Unusable> {
         if state.checksums.is_empty() {
             return Ok(());
         }
         let Some(files) = state.checksums.get(&epoch.to_string()) else {
-            return Err(format!("no checksums recorded for epoch {epoch}"));
+            return Err(Unusable::NoChecksums { epoch });
         };
         if !files.contains_key(&format!("model.e{epoch}.safetensors")) {
-            return Err(format!("no model recorded for epoch {epoch}"));
+            return Err(Unusable::NoModel { epoch });
         }
         for (name, want) in files {
             let path = self.dir.join(name);
             if !path.is_file() {
-                return Err(format!("{name} is missing"));
+                return Err(Unusable::Missing { name: name.clone() });
             }
-            match sha256_file(&path) {
-                Ok(got) if &got == want => {}
-                Ok(_) => return Err(format!("{name} does not match its checksum")),
-                Err(e) => return Err(e.to_string()),
+            if &sha256_file(&path)? != want {
+                return Err(Unusable::Damaged { name: name.clone() });
             }
         }
         Ok(())

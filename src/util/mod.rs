@@ -1,11 +1,39 @@
 //! Small shared helpers.
 
 pub mod alloc;
+pub mod host_tensor;
 pub mod lock;
 pub mod npy;
 
+pub use host_tensor::{HostTensor, TensorMap};
+
 use std::io::Write;
 use std::path::Path;
+
+/// Index of the largest value of `row`, the first of equal ones (a NaN is never larger, so
+/// it is picked only at index 0). 0 for an empty row. The crate's one argmax: predictions,
+/// pseudo-labels and accuracies must agree on ties, or an exported classifier's label could
+/// differ from the one its run reported.
+pub fn argmax<T: PartialOrd>(row: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// [`argmax`] and the value there for each row of a row-major `[n, cols]` matrix.
+pub fn argmax_rows(values: &[f32], cols: usize) -> Vec<(usize, f32)> {
+    values
+        .chunks(cols)
+        .map(|row| {
+            let best = argmax(row);
+            (best, row[best])
+        })
+        .collect()
+}
 
 /// Write a file so that readers see the old content or the new, never a torn one: write a
 /// temporary file in the same directory, fsync it, then rename over the target.

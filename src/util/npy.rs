@@ -25,10 +25,32 @@ pub fn write_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> std::io
     super::write_atomic(path, &encode_f32(data, rows, cols))
 }
 
+/// Why bytes are not a `.npy` [`decode_f32`] reads. The bytes have no name here; callers
+/// that read a file add its path.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("not a .npy file")]
+    NotNpy,
+    #[error("unsupported .npy version {0}")]
+    Version(u8),
+    #[error("truncated header")]
+    TruncatedHeader,
+    #[error("header is not UTF-8")]
+    HeaderNotUtf8,
+    #[error("only little-endian float32 C-order arrays are supported: {0}")]
+    Unsupported(String),
+    #[error("no shape in header")]
+    NoShape,
+    #[error("bad shape {0}")]
+    BadShape(String),
+    #[error("expected {expected} data bytes, found {found}")]
+    Length { expected: usize, found: usize },
+}
+
 /// Parse a little-endian float32 C-order `.npy` of rank 1 or 2: `(data, shape)`.
-pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
+pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), NpyError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file".into());
+        return Err(NpyError::NotNpy);
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
@@ -36,35 +58,37 @@ pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
-        v => return Err(format!("unsupported .npy version {v}")),
+        v => return Err(NpyError::Version(v)),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or("truncated header")?)
-        .map_err(|_| "header is not UTF-8")?;
+    let header = bytes
+        .get(start..start + hlen)
+        .ok_or(NpyError::TruncatedHeader)?;
+    let header = std::str::from_utf8(header).map_err(|_| NpyError::HeaderNotUtf8)?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(format!(
-            "only little-endian float32 C-order arrays are supported: {header}"
-        ));
+        return Err(NpyError::Unsupported(header.to_string()));
     }
     let shape_str = header
         .split("'shape':")
         .nth(1)
         .and_then(|s| s.split(')').next())
-        .ok_or("no shape in header")?;
+        .ok_or(NpyError::NoShape)?;
     let shape: Vec<usize> = shape_str
         .trim_start_matches([' ', '('])
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| format!("bad shape {shape_str}")))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| NpyError::BadShape(shape_str.to_string()))
+        })
         .collect::<Result<_, _>>()?;
     let body = &bytes[start + hlen..];
     let n: usize = shape.iter().product();
     if body.len() != n * 4 {
-        return Err(format!(
-            "expected {} data bytes, found {}",
-            n * 4,
-            body.len()
-        ));
+        return Err(NpyError::Length {
+            expected: n * 4,
+            found: body.len(),
+        });
     }
     let data = body
         .chunks_exact(4)

@@ -2,20 +2,24 @@
 //! zero-shot with the run's own prompts, F1, F2 and their ensemble, image by image, so
 //! that `coft eval` prints accuracies and `coft report` draws the confusion matrix and the
 //! per-class accuracy from the same numbers.
+//!
+//! It sits beside [`crate::classifier`], not in [`crate::method`]: it scores the finished
+//! ensemble through [`Classifier`], which is built on the method's modules.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::pipeline::TrainConfig;
-use super::zero_shot;
-use crate::classifier::{argmax, Classifier};
+use crate::classifier::Classifier;
 use crate::clip::tokenizer::Tokenizer;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::Skipped;
 use crate::data::source::Dataset;
 use crate::infer::{embed_images, to_vec, InferOptions};
+use crate::method::pipeline::TrainConfig;
+use crate::method::zero_shot;
+use crate::util::{argmax, argmax_rows};
 
 /// Every labeled image that could be read, with the truth and each model's probabilities
 /// (all row-major `[paths.len(), classes.len()]`).
@@ -34,7 +38,6 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// Top-1 accuracy in percent of `probs` (one of this evaluation's matrices).
     /// Top-1 accuracy (%) of hard labels, one per image.
     pub fn label_accuracy(&self, labels: &[usize]) -> f64 {
         let right = labels
@@ -45,6 +48,7 @@ impl Evaluation {
         100.0 * right as f64 / self.truth.len().max(1) as f64
     }
 
+    /// Top-1 accuracy in percent of `probs` (one of this evaluation's matrices).
     pub fn accuracy(&self, probs: &[f32]) -> f64 {
         let c = self.classes.len();
         let right = probs
@@ -57,13 +61,7 @@ impl Evaluation {
 
     /// `(predicted class, its probability)` per image.
     pub fn predictions(&self, probs: &[f32]) -> Vec<(usize, f32)> {
-        probs
-            .chunks(self.classes.len())
-            .map(|p| {
-                let i = argmax(p);
-                (i, p[i])
-            })
-            .collect()
+        argmax_rows(probs, self.classes.len())
     }
 }
 
@@ -80,7 +78,7 @@ pub fn evaluate_run(
     device: &Device,
     progress: EvalProgress<'_>,
 ) -> anyhow::Result<Evaluation> {
-    let cfg = TrainConfig::load(&super::layout::RunLayout::new(run).config())?;
+    let cfg = TrainConfig::load(&crate::method::layout::RunLayout::new(run).config())?;
     let samples: Vec<_> = data.samples.iter().filter(|s| s.label.is_some()).collect();
     if samples.is_empty() {
         bail!("{}: no labeled images to evaluate on", data.name);
@@ -95,7 +93,9 @@ pub fn evaluate_run(
              class list with ?classes={} (folder, unlabeled and csv specs)",
             clf.classes().join(", "),
             data.classes.join(", "),
-            super::layout::RunLayout::new(run).final_classes().display()
+            crate::method::layout::RunLayout::new(run)
+                .final_classes()
+                .display()
         )
     })?;
     let samples: Vec<_> = data.samples.iter().filter(|s| s.label.is_some()).collect();
