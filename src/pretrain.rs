@@ -60,8 +60,8 @@ use crate::train::stage::StageDir;
 use crate::train::{AdamWConfig, LrSchedule, Optimizer, TrainError};
 use crate::util::TensorMap;
 
-/// Caption templates for class-labelled data (CLIP's ImageNet prompt style; the first eight
-/// are the ones issue 6 names).
+/// Caption templates for class-labelled data (CLIP's ImageNet prompt style: varied wording,
+/// so that the text tower learns the class name rather than one sentence).
 pub const DEFAULT_TEMPLATES: [&str; 10] = [
     "a photo of a {}.",
     "a blurry photo of the {}.",
@@ -145,7 +145,7 @@ impl Default for ModelShape {
 }
 
 /// Small models for 32x32 images (CIFAR): `small32-p8` (patch 8, 17 tokens) and
-/// `small32-p4` (patch 4, 65 tokens; the issue's pilot), both width 128, 4 layers, 4 heads
+/// `small32-p4` (patch 4, 65 tokens: finer patches, 4x the attention cost), both width 128, 4 layers, 4 heads
 /// in each tower, 128-d embeddings, 32 text tokens.
 pub fn small_preset(name: &str) -> Option<ClipConfig> {
     let patch = match name.to_ascii_lowercase().as_str() {
@@ -1041,15 +1041,7 @@ pub fn zero_shot_accuracy(
         .enumerate()
         .filter(|&(r, &i)| {
             let row = &sims[r * c..(r + 1) * c];
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (k, &x)| if x > b.1 { (k, x) } else { b },
-                )
-                .0;
-            best == set.labels[i]
+            crate::util::argmax(row) == set.labels[i]
         })
         .count();
     right as f64 / set.paths.len() as f64
@@ -1306,21 +1298,15 @@ impl EpochTask<Clip> for PretrainTask<'_, '_> {
 /// In-batch hits (image -> text, text -> image) from row-major logits `[B, B]`, with
 /// a hit wherever the caption groups agree.
 fn batch_hits(logits: &[f32], captions: &[usize]) -> (usize, usize) {
+    use crate::util::argmax;
     let b = captions.len();
-    let argmax = |it: &mut dyn Iterator<Item = f32>| {
-        it.enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |m, (k, x)| if x > m.1 { (k, x) } else { m },
-            )
-            .0
-    };
     let mut i2t = 0;
     let mut t2i = 0;
     for i in 0..b {
-        let j = argmax(&mut logits[i * b..(i + 1) * b].iter().copied());
+        let j = argmax(&logits[i * b..(i + 1) * b]);
         i2t += usize::from(captions[j] == captions[i]);
-        let k = argmax(&mut (0..b).map(|r| logits[r * b + i]));
+        let column: Vec<f32> = (0..b).map(|r| logits[r * b + i]).collect();
+        let k = argmax(&column);
         t2i += usize::from(captions[k] == captions[i]);
     }
     (i2t, t2i)

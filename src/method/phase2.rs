@@ -225,12 +225,7 @@ pub fn model_view(
         // softmax confidence of the argmax class
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let z: f32 = row.iter().map(|&x| ((x - m) * scale).exp()).sum();
-        let (best, _) =
-            row.iter().enumerate().fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-            );
-        labels.push(best);
+        labels.push(crate::util::argmax(row));
         confidence.push(1.0 / z);
     }
     ModelView {
