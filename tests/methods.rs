@@ -412,6 +412,41 @@ fn first_round_guard_falls_back_to_the_untrained_start() {
         table.contains("| M1 |") && table.contains("| ensemble |"),
         "{table}"
     );
+    // CoFT+ whose models were all replaced (one round here: a later round can fit its own
+    // selection and take over) has learned nothing beyond zero-shot: its Phase II runs
+    // without MoCo, as CoFT's, to the same bits.
+    let plus = tmp.path().join("plus");
+    train(
+        &plus,
+        &[
+            "--method",
+            "coft+",
+            "--set",
+            "rounds_guard.min_fit=1.0",
+            "--set",
+            "rounds=1",
+        ],
+    );
+    for i in 1..=2 {
+        let f = plus.join(format!("phase2/f{i}"));
+        let moco_files = std::fs::read_dir(&f)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("moco.")
+            })
+            .count();
+        assert_eq!(moco_files, 0, "f{i} trained with MoCo");
+        let final_model = format!("final/f{i}.safetensors");
+        assert!(
+            std::fs::read(run.join(&final_model)).unwrap()
+                == std::fs::read(plus.join(&final_model)).unwrap(),
+            "{final_model}: CoFT+ without Phase I differs from CoFT"
+        );
+    }
     // UPL-style keeps its model whatever its fit.
     let upl = tmp.path().join("upl");
     train(

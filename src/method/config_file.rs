@@ -214,7 +214,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("rounds_guard.enabled", "On or off."),
     ("rounds_guard.min_fit", "Least training accuracy (0-1) on its own selection a new round's model needs."),
     ("rounds_guard.max_drop", "Most (0-1) it may fit worse than the previous round's model fitted its own."),
-    ("rounds_guard.round1", "Round 1 too (every method with Phase I but the UPL-style baseline): a model that fits S* below min_fit falls back to its untrained start, the zero-shot prompt when prompts.ctx_init is set, and phase1/m<m>/REPLACED says so."),
+    ("rounds_guard.round1", "Round 1 too (every method with Phase I but the UPL-style baseline): a model that fits S* below min_fit falls back to its untrained start, the zero-shot prompt when prompts.ctx_init is set, and phase1/m<m>/REPLACED says so. With both models fallen back (nothing learned beyond zero-shot), CoFT+'s Phase II runs without MoCo, as CoFT's."),
     ("prompts", "Phase I prompts (METHOD.md step 1)."),
     ("prompts.n_ctx", "M: learnable context tokens of each positive and negative text prompt."),
     ("prompts.class_specific", "One context per class instead of one shared by all classes (METHOD.md default: shared)."),

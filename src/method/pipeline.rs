@@ -717,7 +717,21 @@ pub fn finetune(
             set_path.display()
         );
     }
-    let moco = ctx.plan.moco;
+    // With both Phase I models fallen back to the zero-shot prompt the run has learned
+    // nothing beyond zero-shot: no filter (every label passes) and every label of U is
+    // zero-shot's. The plain fine-tune then keeps zero-shot's level, where MoCo (strongly
+    // augmented cross-entropy on all of U plus its contrastive term, with no clean set to
+    // anchor it) was measured to fall below it (docs/method.md, shapes6). So CoFT+ trains
+    // Phase II as CoFT does.
+    let nothing_learned = ctx.plan.guard_round1
+        && ctx.plan.models == 2
+        && (1..=2).all(|m| ctx.layout.fell_back_to_start(ctx.plan.rounds, m));
+    let moco = ctx.plan.moco && !nothing_learned;
+    if ctx.plan.moco && !moco {
+        tracing::warn!(
+            "phase II {name}: both Phase I models are the zero-shot prompt (round 1's guard replaced them), so MoCo is off: a plain fine-tune on the labels of U"
+        );
+    }
     (hooks.on_stage)(
         &format!(
             "phase II: fine-tune {name} on {} clean images{}",

@@ -160,7 +160,12 @@ impl fmt::Display for Plan {
             if self.guard_round1 {
                 writeln!(
                     f,
-                    "  (a round-1 model that cannot fit S* falls back to the zero-shot prompt)"
+                    "  (a round-1 model that cannot fit S* falls back to the zero-shot prompt{})",
+                    if self.moco {
+                        "; with both fallen back, Phase II runs without MoCo"
+                    } else {
+                        ""
+                    }
                 )?;
             }
         } else {
