@@ -308,6 +308,10 @@ fn moco_args<'a>(data: &'a str, out: &'a str, model: &'a str) -> Vec<&'a str> {
         "phase2.moco.queue_size=20",
         "--set",
         "phase2.moco.momentum=0.9",
+        // One epoch of Phase I fits S* too poorly for round 1's guard, which would replace
+        // both models and then train Phase II without MoCo (docs/method.md).
+        "--set",
+        "rounds_guard.round1=false",
     ]
 }
 
