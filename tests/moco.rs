@@ -50,7 +50,7 @@ const K: [[f64; 3]; 2] = [[2.0, 1.0, 2.0], [0.0, 4.0, -3.0]];
 const QUEUE: [[f64; 3]; 2] = [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]];
 
 #[test]
-fn contrastive_loss_matches_the_formula() {
+fn info_nce_matches_the_formula() {
     let dev = Device::flex();
     let (q, k, queue) = (normalise(&Q), normalise(&K), normalise(&QUEUE));
     // By hand for row 0: q = (1,2,2)/3, k = (2,1,2)/3, q.k = 8/9; queue dots 1/3 and 14/15.
