@@ -1166,6 +1166,11 @@ impl EpochTask<Clip> for PretrainTask<'_, '_> {
         });
     }
 
+    fn skipped(&mut self, skipped: Vec<Skipped>) {
+        self.sums.skipped += skipped.len();
+        self.skipped.extend(skipped);
+    }
+
     fn step(
         &mut self,
         model: Clip,
@@ -1173,8 +1178,6 @@ impl EpochTask<Clip> for PretrainTask<'_, '_> {
         batch: StepBatch,
     ) -> Result<(Clip, Option<f64>), TrainError> {
         let (cfg, pairs) = (self.cfg, self.pairs);
-        self.sums.skipped += batch.skipped.len();
-        self.skipped.extend(batch.skipped);
         let b = batch.samples.len();
         if b < 2 {
             return Ok((model, None));

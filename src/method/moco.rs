@@ -446,9 +446,6 @@ impl EpochTask<EncoderHead> for MocoTask<'_, '_> {
         batch: StepBatch,
     ) -> Result<(EncoderHead, Option<f64>), TrainError> {
         let b = batch.samples.len();
-        if b == 0 {
-            return Ok((model, None));
-        }
         let s = self.image_size;
         let labels: Vec<usize> = batch.samples.iter().map(|&i| self.data.labels[i]).collect();
         let clean: Vec<bool> = batch.samples.iter().map(|&i| self.data.clean[i]).collect();

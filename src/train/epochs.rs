@@ -145,10 +145,8 @@ pub struct StepBatch {
     pub lr: f64,
     /// The stage's sample index of every row (images that could not be read are left out).
     pub samples: Vec<usize>,
-    /// `[rows, 3, s, s]` row-major, one per view ([`EpochTask::views`]).
+    /// `[rows, 3, s, s]` row-major, one per view ([`EpochTask::views`]); at least one row.
     pub pixels: Vec<Vec<f32>>,
-    /// Images of this batch that could not be read.
-    pub skipped: Vec<Skipped>,
 }
 
 /// What the loop counted in one epoch, for the task's metrics line.
@@ -183,8 +181,12 @@ pub trait EpochTask<M: Module> {
     /// The augmentation of view `view` in `epoch`.
     fn transform(&self, epoch: u64, view: usize) -> Arc<Transform>;
 
-    /// One optimiser step on `batch`; `None` where the batch is too small to train on (it is
-    /// then neither counted nor reported).
+    /// Images of a batch that could not be read (the loader reports and skips them; a batch
+    /// left with no image is not stepped on).
+    fn skipped(&mut self, _skipped: Vec<Skipped>) {}
+
+    /// One optimiser step on `batch` (at least one image); `None` where the batch is too
+    /// small to train on (it is then neither counted nor reported).
     fn step(
         &mut self,
         model: M,
@@ -279,8 +281,12 @@ pub fn train_epochs<M: Module, T: EpochTask<M>>(
             }
             let mut views = views.into_iter();
             let first = views.next().expect("at least one view");
+            task.skipped(first.skipped);
             let samples: Vec<usize> = first.indices.iter().map(|&j| order[j]).collect();
             let b = samples.len();
+            if b == 0 {
+                continue;
+            }
             let pixels = std::iter::once(first.pixels)
                 .chain(views.map(|v| v.pixels))
                 .collect();
@@ -290,7 +296,6 @@ pub fn train_epochs<M: Module, T: EpochTask<M>>(
                 lr: plan.schedule.lr(epoch * steps_per_epoch + step_in_epoch),
                 samples,
                 pixels,
-                skipped: first.skipped,
             };
             let (m, loss) = task.step(model, &mut opt, batch)?;
             model = m;
@@ -378,9 +383,6 @@ where
         batch: StepBatch,
     ) -> Result<(M, Option<f64>), TrainError> {
         let b = batch.samples.len();
-        if b == 0 {
-            return Ok((model, None));
-        }
         let s = self.image_size;
         let labels: Vec<usize> = batch.samples.iter().map(|&i| self.labels[i]).collect();
         let (epoch, step_in_epoch) = (batch.epoch, batch.step_in_epoch);
