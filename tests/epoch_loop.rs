@@ -63,6 +63,7 @@ struct Toy {
     steps: usize,
     fail_at: Option<usize>,
     loaded: Option<PathBuf>,
+    skipped: Vec<PathBuf>,
 }
 
 impl EpochTask<Linear> for Toy {
@@ -78,6 +79,10 @@ impl EpochTask<Linear> for Toy {
 
     fn transform(&self, _epoch: u64, view: usize) -> Arc<Transform> {
         Arc::new(move |_, _img: &image::RgbImage, out: &mut [f32]| out.fill(view as f32))
+    }
+
+    fn skipped(&mut self, skipped: Vec<coft::data::loader::Skipped>) {
+        self.skipped.extend(skipped.into_iter().map(|s| s.path));
     }
 
     fn step(
@@ -238,4 +243,33 @@ fn an_interrupted_stage_resumes_to_the_straight_result() {
     assert_eq!(task.loaded, Some(stage.path("toy.e1.safetensors")));
     assert_eq!(weight(&got).to_bits(), weight(&want).to_bits());
     assert_eq!(metrics(&stage), metrics(&straight));
+}
+
+#[test]
+fn unreadable_images_are_handed_to_the_task_and_never_stepped_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = images();
+    // Two unreadable files among the eight, wherever the seeded order puts them.
+    for name in ["bad1.png", "bad2.png"] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b"not an image").unwrap();
+        paths.push(p);
+    }
+    let stage = StageDir::new(dir.path().join("s")).unwrap();
+    let mut task = Toy::default();
+    train_epochs(model(), sgd(), &plan(&paths, 2), &stage, &mut task).unwrap();
+    assert_eq!(
+        task.skipped.len(),
+        4,
+        "two files, two epochs: {:?}",
+        task.skipped
+    );
+    for (_, samples) in &task.visits {
+        assert!(
+            !samples.is_empty() && samples.iter().all(|&i| i < 6),
+            "{samples:?}"
+        );
+    }
+    let m = metrics(&stage);
+    assert_eq!(m[1]["images"], 6);
 }
