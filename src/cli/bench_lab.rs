@@ -28,7 +28,9 @@ use super::bench_method::{coft_cmd, run_child};
 #[derive(ClapArgs, Debug)]
 pub struct LabArgs {
     /// Tasks, in order: demo, shapes6, colours8, colours8-lt (colours8 long-tailed: 10x
-    /// between the largest and smallest class).
+    /// between the largest and smallest class), cifar-channels, cifar-vflip, cifar-rot90 (the
+    /// CIFAR-10 protocol of `coft bench method` at U = 5,000 and test = 2,000; its model is
+    /// pre-trained once, 26 minutes on 2 cores, and shared with the benchmark).
     #[arg(long, value_delimiter = ',', default_value = "demo,colours8")]
     tasks: Vec<String>,
     /// Methods (zero-shot comes with every run).
@@ -167,8 +169,35 @@ fn prepare(name: &str, cache: &Path, threads: usize) -> anyhow::Result<Task> {
             model: demo.join("model"),
         });
     }
+    if let Some(shift) = name.strip_prefix("cifar-") {
+        // The CIFAR-10 protocol at the method benchmark's smaller size (U = 5,000, test =
+        // 2,000 class-balanced), with its cached pre-trained model.
+        let shift: coft::data::shift::Shift = shift
+            .parse()
+            .map_err(|e| anyhow::anyhow!("lab task {name:?}: {e}"))?;
+        let t = super::bench_method::prepare_cifar(
+            &super::bench_method::default_cache()?,
+            &super::bench_method::CifarRecipe {
+                captions: "random1".into(),
+                model: None,
+                pretrain_epochs: 40,
+                shift,
+                u: 5_000,
+                test: 2_000,
+            },
+            threads,
+        )?;
+        return Ok(Task {
+            name: name.into(),
+            u: t.u_dir,
+            test: t.test_dir,
+            model: t.model.into(),
+        });
+    }
     let r = recipe(name).ok_or_else(|| {
-        anyhow::anyhow!("unknown lab task {name:?} (demo, shapes6, colours8, colours8-lt)")
+        anyhow::anyhow!(
+            "unknown lab task {name:?} (demo, shapes6, colours8, colours8-lt, cifar-<shift> with shift channels, vflip, rot90 or none)"
+        )
     })?;
     let dir = cache.join(name);
     let task = Task {

@@ -97,13 +97,39 @@ struct Row {
     peak_mib: f64,
 }
 
-pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
-    let cache = match &a.cache {
-        Some(c) => c.clone(),
-        None => coft::data::shared::cache_dir()?.join("bench"),
-    };
-    std::fs::create_dir_all(&cache)?;
-    std::fs::create_dir_all(&a.out)?;
+/// Where the benchmark keeps its unpacked data, shifted images and pre-trained model; the
+/// lab's CIFAR tasks share it, so the 26-minute pre-training is done once for both.
+pub(super) fn default_cache() -> anyhow::Result<PathBuf> {
+    Ok(coft::data::shared::cache_dir()?.join("bench"))
+}
+
+/// What a CIFAR task is made of.
+pub(super) struct CifarRecipe {
+    pub captions: String,
+    /// A pre-trained model folder to use instead of pre-training one.
+    pub model: Option<String>,
+    pub pretrain_epochs: usize,
+    pub shift: Shift,
+    pub u: usize,
+    pub test: usize,
+}
+
+/// A CIFAR task made: the model, U and the test images (shifted), the unshifted test images.
+pub(super) struct CifarTask {
+    pub model: String,
+    pub u_dir: PathBuf,
+    pub test_dir: PathBuf,
+    pub plain_test: PathBuf,
+    pub classes_file: PathBuf,
+}
+
+/// Pre-train (once, cached) and materialise (once per shift and size) a CIFAR task.
+pub(super) fn prepare_cifar(
+    cache: &Path,
+    a: &CifarRecipe,
+    threads: usize,
+) -> anyhow::Result<CifarTask> {
+    std::fs::create_dir_all(cache)?;
     let root = coft::data::shared::unpack_cached("cifar-10")?;
     let spec = |label: &str| format!("cifar10n:{}?label={label}", root.display());
 
@@ -134,7 +160,7 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
                     .arg("--out")
                     .arg(&dir);
                 }
-                cmd.args(["--threads", &a.threads.to_string()]);
+                cmd.args(["--threads", &threads.to_string()]);
                 let log = cache.join("pretrain.log");
                 run_child(cmd, "pre-training", &log)?;
                 coft::util::write_atomic(&dir.join("DONE"), b"")?;
@@ -199,6 +225,39 @@ pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
         u_dir.display(),
         test_items.len()
     );
+    Ok(CifarTask {
+        model,
+        u_dir,
+        test_dir,
+        plain_test,
+        classes_file,
+    })
+}
+
+pub fn run(a: MethodBenchArgs) -> anyhow::Result<()> {
+    let cache = match &a.cache {
+        Some(c) => c.clone(),
+        None => default_cache()?,
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let CifarTask {
+        model,
+        u_dir,
+        test_dir,
+        plain_test,
+        classes_file,
+    } = prepare_cifar(
+        &cache,
+        &CifarRecipe {
+            captions: a.captions.clone(),
+            model: a.model.clone(),
+            pretrain_epochs: a.pretrain_epochs,
+            shift: a.shift,
+            u: a.u,
+            test: a.test,
+        },
+        a.threads,
+    )?;
 
     // 3. Rows.
     let mut rows: Vec<Row> = Vec::new();
