@@ -539,7 +539,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                         .map(|&y| draw_complement(y, c, &mut rng))
                         .collect();
                     // The step Phase I trains with (the default lambda and clipping).
-                    let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0);
+                    let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0, false);
                     let clip = OptimConfig::phase1_default().clip_grad_norm;
                     let l = optimizer_step(l, &mut opt, loss, clip, 0.01).0;
                     let _ = coft::infer::to_vec(l.ctx_pos.val().inner().narrow(0, 0, 1));

@@ -142,7 +142,7 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
                     .map(|&y| draw_complement(y, c, &mut rng))
                     .collect();
                 // The step Phase I trains with (the default lambda and clipping).
-                let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0);
+                let (loss, _) = phase1_loss(v, tp, tn, &labels, &comp, scale, 1.0, false);
                 let clip = OptimConfig::phase1_default().clip_grad_norm;
                 learner = optimizer_step(learner, &mut opt, loss, clip, 0.01).0;
                 let _ = coft::infer::to_vec(learner.ctx_pos.val().inner().narrow(0, 0, 1));

@@ -99,6 +99,10 @@ pub struct TrainConfig {
     pub prompts: PromptConfig,
     /// Weight of L2 in Phase I.
     pub lambda: f64,
+    /// L2 trains only the negative prompts: its gradient reaches neither the positive prompts
+    /// nor the visual prompts (DeFT's practice), so M's positive classifier is fitted by L1
+    /// alone.
+    pub l2_detach: bool,
     pub phase1: OptimConfig,
     pub phase2: Phase2Config,
     pub head_init: HeadInit,
@@ -137,6 +141,7 @@ impl Default for TrainConfig {
             teacher_model: None,
             prompts: PromptConfig::default(),
             lambda: 1.0,
+            l2_detach: false,
             phase1: OptimConfig::phase1_default(),
             phase2: Phase2Config::default(),
             head_init: HeadInit::Prompts,

@@ -203,6 +203,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("labeled", "Semi-supervised: CSV of path,label (class name), paths relative to the CSV; those images keep their true labels in every set.|\"labeled.csv\""),
     ("teacher_model", "Distillation: step 0 and Phase I use this (larger) model; Phase II fine-tunes `model` on its filtered labels.|\"openai/clip-vit-large-patch14\""),
     ("lambda", "Weight of the negative-prompt loss L2 in Phase I: L1 + lambda * L2."),
+    ("l2_detach", "L2 trains the negative prompts only (DeFT): its gradient reaches neither the positive nor the visual prompts, so the positive classifier is fitted by L1 alone."),
     ("filter", "Phase II: the validator passes a label when its positive prompt beats its negative one (METHOD.md); \"confidence\" keeps that many of the labeller's most confident labels, \"paper\" keeps exactly the passed ones (docs/method.md has the table)."),
     ("head_init", "Phase II linear head: \"prompts\" (positive-prompt class embeddings / tau, the [decision] in METHOD.md) or \"random\"."),
     ("freeze_stem", "Freeze the patch and position embeddings and the first LayerNorm in Phase II (as DeFT does)."),

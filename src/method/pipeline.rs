@@ -468,6 +468,7 @@ pub fn phase1(
         learner,
         &cfg.phase1,
         ctx.plan.lambda,
+        ctx.plan.l2_detach,
         seed,
         &stage,
         &mut env,

@@ -40,6 +40,8 @@ pub struct Plan {
     pub rounds: usize,
     /// Weight of L2 in Phase I (UPL-style has no negative prompt: 0).
     pub lambda: f64,
+    /// L2 trains the negative prompts only (`l2_detach`).
+    pub l2_detach: bool,
     /// How each labelling of U is class-balanced before use (step 0, re-selection, Phase II's
     /// labels); `iters = 0`: argmax as is.
     pub balance: Balance,
@@ -88,6 +90,7 @@ impl Plan {
             models,
             rounds,
             lambda: if m == Method::Upl { 0.0 } else { cfg.lambda },
+            l2_detach: cfg.l2_detach,
             balance: Balance {
                 iters: cfg.balance_iters,
                 min_ratio: cfg.balance_min_ratio as f32,
@@ -152,7 +155,15 @@ impl fmt::Display for Plan {
                     ""
                 },
                 if self.lambda > 0.0 {
-                    format!(" + {} * L2", self.lambda)
+                    format!(
+                        " + {} * L2{}",
+                        self.lambda,
+                        if self.l2_detach {
+                            " (negative prompts only)"
+                        } else {
+                            ""
+                        }
+                    )
                 } else {
                     String::new()
                 }
