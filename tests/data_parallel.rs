@@ -180,7 +180,7 @@ fn phase2_epochs_on_two_replicas_equal_one_device() {
             progress: &mut progress,
             parallel: Some(&dp),
         };
-        let m = full_finetune(model, &data, &optim, 7, &stage, &mut env).unwrap();
+        let m = full_finetune(model, &data, &optim.into(), 7, &stage, &mut env).unwrap();
         let metrics = std::fs::read_to_string(stage.path("metrics.jsonl")).unwrap();
         (params(&m), metrics)
     };

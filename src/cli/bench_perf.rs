@@ -583,7 +583,7 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                     // The losses training uses: Phase II's cross-entropy, or with MoCo
                     // `moco_loss` (every row clean, the default temperature and weight).
                     let loss = match &momentum {
-                        None => phase2_loss(logits, &labels),
+                        None => phase2_loss(logits, &labels, 0.0),
                         Some(mom) => {
                             let mom = if bf16 {
                                 autocast(mom, FloatDType::BF16)
@@ -593,7 +593,8 @@ fn worker(a: &PerfArgs, step: Step) -> anyhow::Result<()> {
                             let k_host = coft::infer::to_vec(l2_normalize(f32_2(
                                 mom.forward(xk.clone(), None),
                             )));
-                            let out = moco_loss(v, logits, &k_host, &labels, &clean, &queue, &mcfg);
+                            let out =
+                                moco_loss(v, logits, &k_host, &labels, &clean, &queue, &mcfg, 0.0);
                             keys = Some(k_host);
                             out.loss
                         }

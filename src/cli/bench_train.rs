@@ -163,7 +163,7 @@ fn worker(a: &TrainBenchArgs, phase: u8) -> anyhow::Result<()> {
                     Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
                 let t = Instant::now();
                 // The step Phase II (cross-entropy) trains with.
-                let loss = phase2_loss(model.forward(x), &labels);
+                let loss = phase2_loss(model.forward(x), &labels, 0.0);
                 let clip = OptimConfig::phase2_default().clip_grad_norm;
                 model = optimizer_step(model, &mut opt, loss, clip, 1e-4).0;
                 let _ = coft::infer::to_vec(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::phase1::OptimConfig;
 use super::phase2::{HeadInit, Phase2Config};
 use super::prompts::PromptConfig;
-use super::pseudo_labels::FilterRule;
+use super::pseudo_labels::{FilterRule, KeepCount};
 use crate::data::source::{DataSpec, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +108,8 @@ pub struct TrainConfig {
     pub head_init: HeadInit,
     /// Phase II: which of the labeller's labels the collaborative filter keeps.
     pub filter: FilterRule,
+    /// Phase II: how many of the labeller's labels are kept.
+    pub keep: KeepCount,
     pub freeze_stem: bool,
     /// Batch size of inference passes (labelling, evaluation).
     pub infer_batch_size: usize,
@@ -146,6 +148,7 @@ impl Default for TrainConfig {
             phase2: Phase2Config::default(),
             head_init: HeadInit::Prompts,
             filter: FilterRule::Confidence,
+            keep: KeepCount::Validator,
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
@@ -256,6 +259,9 @@ impl TrainConfig {
             }
         }
         self.phase2.moco.validate()?;
+        if !(0.0..=1.0).contains(&self.phase2.gce_q) {
+            bail!("phase2.gce_q: must be in [0, 1], got {}", self.phase2.gce_q);
+        }
         // The MoCo loop has its own epoch loop, which does not clip (yet): refuse rather than
         // silently ignore the option.
         if self.phase2.clip_grad_norm.is_some() && self.moco_enabled() {

@@ -360,6 +360,7 @@ pub struct MocoLoss {
     pub correct: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn moco_loss(
     v: Tensor<2>,
     logits: Tensor<2>,
@@ -368,6 +369,7 @@ pub fn moco_loss(
     clean: &[bool],
     queue: &Queue,
     cfg: &MocoConfig,
+    gce_q: f64,
 ) -> MocoLoss {
     let device = logits.device();
     let [b, c] = logits.dims();
@@ -379,10 +381,7 @@ pub fn moco_loss(
         .flat_map(|(&y, &m)| (0..c).map(move |j| if m && j == y { 1.0 } else { 0.0 }))
         .collect();
     let target: Tensor<2> = Tensor::from_data(TensorData::new(target, [b, c]), &device);
-    let ce = (log_softmax(logits.clone(), 1) * target)
-        .sum()
-        .neg()
-        .div_scalar(n_clean.max(1) as f64);
+    let ce = super::phase2::label_loss(logits.clone(), target, n_clean, gce_q);
     let clean_rows: Vec<i64> = (0..b).filter(|&r| clean[r]).map(|r| r as i64).collect();
     let mut correct = 0;
     if !clean_rows.is_empty() {
@@ -411,6 +410,7 @@ pub fn moco_loss(
 struct MocoTask<'e, 'a> {
     data: &'a MocoSet,
     cfg: &'a MocoConfig,
+    gce_q: f64,
     env: &'a mut StageEnv<'e>,
     views: &'a dyn Fn(u64, u64) -> Arc<Transform>,
     key_device: &'a Device,
@@ -470,7 +470,16 @@ impl EpochTask<EncoderHead> for MocoTask<'_, '_> {
         let logits = model.head.forward(v.clone());
         // Key: the momentum encoder, no gradients.
         let keys = to_host(l2_normalize(momentum.forward(px_k, None)));
-        let out = moco_loss(v, logits, &keys, &labels, &clean, &self.queue, self.cfg);
+        let out = moco_loss(
+            v,
+            logits,
+            &keys,
+            &labels,
+            &clean,
+            &self.queue,
+            self.cfg,
+            self.gce_q,
+        );
         self.sums.correct += out.correct;
         self.sums.ce += f64::from(to_host(out.ce.inner())[0]) * n_clean as f64;
         self.sums.contrastive += f64::from(to_host(out.contrastive.inner())[0]) * b as f64;
@@ -540,6 +549,7 @@ pub fn moco_finetune(
     data: &MocoSet,
     optim: &OptimConfig,
     moco: &MocoConfig,
+    gce_q: f64,
     seed: u64,
     stage: &StageDir,
     env: &mut StageEnv<'_>,
@@ -562,6 +572,7 @@ pub fn moco_finetune(
     let mut task = MocoTask {
         data,
         cfg: moco,
+        gce_q,
         env,
         views,
         key_device,
@@ -604,6 +615,6 @@ pub fn phase2_with_moco(
         crate::data::augment::transform(aug.clone(), seed, epoch, view)
     };
     moco_finetune(
-        model, data, &cfg.optim, &cfg.moco, seed, stage, env, &views, key_device,
+        model, data, &cfg.optim, &cfg.moco, cfg.gce_q, seed, stage, env, &views, key_device,
     )
 }

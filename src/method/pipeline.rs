@@ -18,7 +18,7 @@ use super::phase2::{
 };
 use super::plan::{SetRule, Step0Selection};
 use super::prompts::{ClassPrompts, PromptLearner};
-use super::pseudo_labels::{self, select_top_k, FilterRule, PseudoLabel};
+use super::pseudo_labels::{self, select_top_k, FilterRule, KeepCount, PseudoLabel};
 use super::zero_shot;
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::Clip;
@@ -657,6 +657,14 @@ pub fn phase2_sets(
                 };
                 if ctx.plan.filter == FilterRule::Confidence {
                     clean = pseudo_labels::keep_most_confident(&clean, &labeller.confidence);
+                }
+                if ctx.plan.keep == KeepCount::Expected {
+                    clean = pseudo_labels::cap_at_expected(
+                        &clean,
+                        &labeller.labels,
+                        &labeller.confidence,
+                        c,
+                    );
                 }
                 for (r, row) in rows.iter_mut().enumerate() {
                     row.label = labeller.labels[r];

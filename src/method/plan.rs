@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::config::{Method, TrainConfig};
-use super::pseudo_labels::{Balance, FilterRule};
+use super::pseudo_labels::{Balance, FilterRule, KeepCount};
 
 /// How step 0 picks the set Phase I trains on (or, for self-training, the set it fine-tunes on).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,6 +50,8 @@ pub struct Plan {
     pub sets: SetRule,
     /// Which labels the collaborative filter keeps (only with [`SetRule::CollaborativeFilter`]).
     pub filter: FilterRule,
+    /// How many labels the collaborative filter keeps.
+    pub keep: KeepCount,
     /// Phase II sets, one fine-tune each.
     pub finetunes: usize,
     /// Momentum contrast in Phase II (CoFT+).
@@ -98,6 +100,7 @@ impl Plan {
             s_star_truth: m == Method::OraclePeft,
             sets,
             filter: cfg.filter,
+            keep: cfg.keep,
             finetunes: if sets == SetRule::CollaborativeFilter {
                 2
             } else {
@@ -199,7 +202,13 @@ impl fmt::Display for Plan {
             }
             _ => "",
         };
-        writeln!(f, "phase II sets: {sets}{evened}")?;
+        let capped = match (self.keep, self.sets) {
+            (KeepCount::Expected, SetRule::CollaborativeFilter) => {
+                ", at most the labeller's expected number right per class"
+            }
+            _ => "",
+        };
+        writeln!(f, "phase II sets: {sets}{evened}{capped}")?;
         write!(
             f,
             "phase II: {} full fine-tune(s){}, head from {}",
@@ -274,5 +283,13 @@ mod tests {
             ..Default::default()
         });
         assert!(paper.to_string().contains("keeps or rejects each label"));
+        assert!(!paper.to_string().contains("expected number right"));
+        let capped = Plan::new(&TrainConfig {
+            keep: KeepCount::Expected,
+            ..Default::default()
+        });
+        assert!(capped
+            .to_string()
+            .contains("expected number right per class"));
     }
 }

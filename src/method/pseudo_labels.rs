@@ -209,6 +209,41 @@ pub fn keep_most_confident(passed: &[bool], confidence: &[f32]) -> Vec<bool> {
     out
 }
 
+/// How many of the labeller's labels Phase II keeps (with [`FilterRule`] choosing which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepCount {
+    /// As many as the validator passes (METHOD.md).
+    Validator,
+    /// Per class, at most as many as the labeller expects to have right there (the sum of
+    /// its confidences over the images it gives that class), its most confident first. A
+    /// labeller right on 40% of U still passes 90% of U through the validator, and a
+    /// fine-tune ends about as good as its labels; the labeller's own confidence, not the
+    /// validator, is what ranks well (docs/method.md).
+    Expected,
+}
+
+/// [`KeepCount::Expected`]: of the kept rows, per class `y`, the `round(sum of confidence over
+/// rows labelled y)` most confident stay (ties to the earlier row).
+pub fn cap_at_expected(kept: &[bool], labels: &[usize], confidence: &[f32], c: usize) -> Vec<bool> {
+    let mut expected = vec![0.0f64; c];
+    for (&y, &p) in labels.iter().zip(confidence) {
+        expected[y] += p as f64;
+    }
+    let mut order: Vec<usize> = (0..kept.len()).filter(|&r| kept[r]).collect();
+    order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]).then(a.cmp(&b)));
+    let mut left: Vec<usize> = expected.iter().map(|e| e.round() as usize).collect();
+    let mut out = vec![false; kept.len()];
+    for r in order {
+        let y = labels[r];
+        if left[y] > 0 {
+            left[y] -= 1;
+            out[r] = true;
+        }
+    }
+    out
+}
+
 /// Size and quality of one pseudo-label set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetQuality {
@@ -431,6 +466,26 @@ mod tests {
         assert_eq!(
             keep_most_confident(&[false; 2], &[0.1, 0.2]),
             vec![false; 2]
+        );
+    }
+
+    #[test]
+    fn expected_cap_keeps_per_class_the_labellers_expected_right_count() {
+        // Class 0: confidences 0.9 + 0.6 + 0.4 + 0.3 = 2.2 -> 2 kept, the two most confident
+        // of those passed (row 2 was not passed, so rows 0 and 3). Class 1: 0.8 + 0.9 = 1.7
+        // -> 2, both passed rows.
+        let labels = [0, 1, 0, 0, 1, 0];
+        let conf = [0.6, 0.8, 0.9, 0.4, 0.9, 0.3];
+        let kept = [true, true, false, true, true, true];
+        assert_eq!(
+            cap_at_expected(&kept, &labels, &conf, 2),
+            vec![true, true, false, true, true, false]
+        );
+        // Never more than passed: a class whose expected count exceeds its passed rows keeps
+        // them all; a class no row has is no error.
+        assert_eq!(
+            cap_at_expected(&[true, false], &[0, 0], &[0.9, 0.9], 3),
+            vec![true, false]
         );
     }
 
