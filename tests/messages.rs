@@ -215,3 +215,91 @@ fn labelling_u_counts_images_once_per_model() {
     }
     assert!(!err.contains("1200/1200"), "{err}");
 }
+
+#[test]
+fn an_unknown_matmul_precision_is_named() {
+    let zs = [
+        "zero-shot",
+        "--model",
+        "m",
+        "--images",
+        "i",
+        "--classes",
+        "c",
+    ];
+    let o = coft(&[&["--matmul", "half"][..], &zs[..]].concat(), &[]);
+    let line = error_line(&o);
+    assert!(
+        line.contains("--matmul") && line.contains("`half`"),
+        "{line}"
+    );
+    let o = coft(&zs, &[("COFT_MATMUL", "f16")]);
+    let line = error_line(&o);
+    assert!(
+        line.contains("COFT_MATMUL") && line.contains("`f16`"),
+        "{line}"
+    );
+}
+
+/// `--matmul bf16` runs every product through the bf16 kernel (`COFT_MATMUL_MIN_WORK=0`
+/// takes even the fixture's tiny ones): probabilities move by bf16 rounding, not more, and not
+/// zero. Without AMX it is an error that says why.
+#[test]
+fn bf16_matmuls_change_probabilities_by_rounding_only_or_say_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, classes) = folder(dir.path(), b"dog\ncat\n");
+    let model = fixtures().join("hf");
+    let run = |matmul: &str, out: &Path| {
+        coft(
+            &[
+                "--matmul",
+                matmul,
+                "zero-shot",
+                "--model",
+                model.to_str().unwrap(),
+                "--images",
+                root.to_str().unwrap(),
+                "--classes",
+                classes.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[("COFT_MATMUL_MIN_WORK", "0")],
+        )
+    };
+    let f32_out = dir.path().join("f32.csv");
+    let o = run("f32", &f32_out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bf16_out = dir.path().join("bf16.csv");
+    let o = run("bf16", &bf16_out);
+    if !coft::util::matmul::amx_available() {
+        let line = error_line(&o);
+        assert!(
+            line.contains("AMX") && line.contains("--matmul f32"),
+            "{line}"
+        );
+        return;
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let probs = |p: &Path| -> Vec<f64> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .flat_map(|l| {
+                l.split(',')
+                    .skip(2)
+                    .map(|v| v.parse::<f64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (a, b) = (probs(&f32_out), probs(&bf16_out));
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(max > 0.0 && max < 0.02, "largest probability change {max}");
+}

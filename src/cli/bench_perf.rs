@@ -286,10 +286,17 @@ pub fn machine_summary() -> String {
         })
         .unwrap_or_else(|| "unknown processor".into());
     let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let (isa, gemm_kernel) = instruction_sets();
-    format!(
-        "machine: {model}, {threads} threads; instruction sets: {isa}; matmul: gemm 0.19 {gemm_kernel}"
-    )
+    let (mut isa, gemm_kernel) = instruction_sets();
+    if coft::util::matmul::amx_available() {
+        isa.push_str(" amx-bf16");
+    }
+    let matmul = match coft::util::matmul::matmul_precision() {
+        coft::util::matmul::MatmulPrecision::F32 => format!("f32, gemm 0.19 {gemm_kernel}"),
+        coft::util::matmul::MatmulPrecision::Bf16 => format!(
+            "bf16 operands, f32 accumulation, on AMX tiles (small products: gemm 0.19 {gemm_kernel})"
+        ),
+    };
+    format!("machine: {model}, {threads} threads; instruction sets: {isa}; matmul: {matmul}")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -369,6 +376,10 @@ fn coft_child(
             .args(["--warmup", &a.warmup.to_string()])
             .args(["--checkpointing", &a.checkpointing, "--device", dev])
             .args(["--dtype", &a.dtype])
+            .args([
+                "--matmul",
+                &coft::util::matmul::matmul_precision().to_string(),
+            ])
             .env("RAYON_NUM_THREADS", a.threads.to_string()),
     )
 }

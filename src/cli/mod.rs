@@ -44,6 +44,11 @@ struct Cli {
     /// syntax) overrides both flags.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Precision of the matrix products on the CPU: `f32` (default), or `bf16` (operands
+    /// rounded to bf16, f32 accumulation, on Intel AMX; an error on processors without it).
+    /// Everything else stays f32. `COFT_MATMUL` sets it when the flag is absent.
+    #[arg(long, global = true, value_name = "f32|bf16")]
+    matmul: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,10 +137,30 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// `--matmul`, else `COFT_MATMUL`, else f32: installed before any model is built.
+fn set_matmul(flag: Option<&str>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use coft::util::matmul::{set_matmul_precision, MatmulPrecision};
+    let (value, source) = match flag {
+        Some(v) => (v.to_string(), "--matmul"),
+        None => match std::env::var("COFT_MATMUL") {
+            Ok(v) if !v.trim().is_empty() => (v, "COFT_MATMUL"),
+            _ => return Ok(()),
+        },
+    };
+    let precision: MatmulPrecision = value.parse().with_context(|| source.to_string())?;
+    set_matmul_precision(precision).with_context(|| format!("{source} {precision}"))?;
+    if precision == MatmulPrecision::Bf16 {
+        tracing::debug!("matrix products in bf16 (f32 accumulation) on AMX");
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::set_verbosity(cli.quiet, cli.verbose);
     init_logging(cli.quiet, cli.verbose);
+    set_matmul(cli.matmul.as_deref())?;
     match cli.command {
         Command::ZeroShot(a) => zero_shot::run(a),
         Command::Embed(a) => embed::run(a),

@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod host_tensor;
 pub mod lock;
+pub mod matmul;
 pub mod npy;
 
 pub use host_tensor::{HostTensor, TensorMap};
