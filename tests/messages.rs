@@ -226,6 +226,8 @@ fn an_unknown_matmul_precision_is_named() {
         "i",
         "--classes",
         "c",
+        "--out",
+        "o.csv",
     ];
     let o = coft(&[&["--matmul", "half"][..], &zs[..]].concat(), &[]);
     let line = error_line(&o);
