@@ -35,6 +35,9 @@ enum What {
     /// The hot steps (embedding, Phase I, Phase II with MoCo off/on, optimiser updates) at
     /// ViT-B/32 and ViT-B/16 shapes beside PyTorch: images/s, peak memory, ratio.
     Perf(super::bench_perf::PerfArgs),
+    /// The products of a ViT layer's training step (forward, input and weight gradients):
+    /// gemm's f32 kernel beside the bf16 AMX kernel, GFLOP/s.
+    Matmul(super::bench_matmul::MatmulArgs),
     /// Internal: one measurement in this process, printed as JSON.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -129,6 +132,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Method(m) => super::bench_method::run(m),
         What::Lab(l) => super::bench_lab::run(l),
         What::Perf(p) => super::bench_perf::run(p),
+        What::Matmul(m) => super::bench_matmul::run(m),
         What::Worker(w) => worker(w),
         What::DecodeWorker(w) => decode_worker(w),
     }

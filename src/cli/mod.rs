@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod bench;
 mod bench_lab;
+mod bench_matmul;
 mod bench_method;
 mod bench_perf;
 mod bench_train;

@@ -230,6 +230,31 @@ unsafe fn pack_a_panel(out: &mut [u16], a: View, ip: usize, m: usize, k: usize) 
                 }
             }
         }
+    } else if a.rs == 1 {
+        // A transposed (a weight gradient's `X^T`): 32 rows are contiguous for each k. Convert
+        // those runs (vectorised), then transpose the 32x32 block in L1; a strided scalar loop
+        // over memory made these products 20-40% slower than the forward ones.
+        let mut tmp = [[0u16; 32]; 32]; // [k within block][row]
+        for kb in 0..k.div_ceil(32) {
+            let k0 = kb * 32;
+            let kn = (k - k0).min(32);
+            for (kc, t) in tmp.iter_mut().enumerate().take(kn) {
+                let src = std::slice::from_raw_parts(
+                    a.ptr.offset(r0 as isize + (k0 + kc) as isize * a.cs),
+                    rows,
+                );
+                for (d, x) in t.iter_mut().zip(src) {
+                    *d = bf16_bits(*x);
+                }
+            }
+            let block = &mut out[kb * 1024..kb * 1024 + 1024];
+            for r in 0..rows {
+                let dst = &mut block[r * 32..r * 32 + kn];
+                for (kc, d) in dst.iter_mut().enumerate() {
+                    *d = tmp[kc][r];
+                }
+            }
+        }
     } else {
         for kk in 0..k {
             let (kb, kc) = (kk / 32, kk % 32);
@@ -280,6 +305,37 @@ unsafe fn pack_b_panel(out: &mut [u16], b: View, jp: usize, n: usize, k: usize) 
                 std::slice::from_raw_parts(b.ptr.offset(kk as isize * b.rs + c0 as isize), cols);
             for (c, s) in src.iter().enumerate() {
                 out[at(kk, c)] = bf16_bits(*s);
+            }
+        }
+    } else if b.rs == 1 {
+        // B transposed (an input gradient's `W^T`): each column's k values are contiguous.
+        // Convert 32 of them per column (vectorised) into bf16 pairs, then place the pairs:
+        // within a k-block, pair `p` of column `c` is word `(c / 16) * 256 + p * 16 + c % 16`.
+        let mut tmp = [[0u16; 32]; 32]; // [column][k within block]
+        for kb in 0..k.div_ceil(32) {
+            let k0 = kb * 32;
+            let kn = (k - k0).min(32);
+            for (c, t) in tmp.iter_mut().enumerate().take(cols) {
+                let src = std::slice::from_raw_parts(
+                    b.ptr.offset(k0 as isize + (c0 + c) as isize * b.cs),
+                    kn,
+                );
+                for (d, x) in t.iter_mut().zip(src) {
+                    *d = bf16_bits(*x);
+                }
+                // An odd last k leaves the pair's second half zero (as the padding is).
+                for d in t.iter_mut().skip(kn) {
+                    *d = 0;
+                }
+            }
+            let block = &mut out[kb * 1024..kb * 1024 + 1024];
+            let pairs = kn.div_ceil(2);
+            for (c, t) in tmp.iter().enumerate().take(cols) {
+                let base = (c / 16) * 512 + (c % 16) * 2;
+                for p in 0..pairs {
+                    block[base + p * 32] = t[2 * p];
+                    block[base + p * 32 + 1] = t[2 * p + 1];
+                }
             }
         }
     } else {
@@ -602,6 +658,88 @@ mod amx {
     }
 }
 
+/// One product of [`bench_products`]: `m x k` times `k x n`, each operand stored as it is in a
+/// layer's forward (`X W`), its input gradient (`dY W^T`: B transposed) or its weight gradient
+/// (`X^T dY`: A transposed).
+#[derive(Clone, Copy, Debug)]
+pub struct ProductShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+}
+
+/// Median seconds of `iters` products of `shape` with `precision` on rayon's threads (through
+/// gemm, as burn calls it; packing included), after one warm-up. Restores the precision that
+/// was installed. For `coft bench matmul`.
+pub fn bench_product(
+    shape: ProductShape,
+    precision: MatmulPrecision,
+    iters: usize,
+) -> Result<f64, MatmulError> {
+    let before = matmul_precision();
+    set_matmul_precision(precision)?;
+    let ProductShape { m, n, k, .. } = shape;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+    let mut c = vec![0f32; m * n];
+    // (cs, rs) of each operand: row-major, or the transpose of a row-major matrix.
+    let (a_cs, a_rs) = if shape.a_transposed {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (b_cs, b_rs) = if shape.b_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    let mut times = Vec::with_capacity(iters);
+    for it in 0..=iters {
+        let t = std::time::Instant::now();
+        // SAFETY: the three buffers hold m*k, k*n and m*n elements, and the strides address
+        // exactly them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        if it > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    set_matmul_precision(before)?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,13 +823,25 @@ mod tests {
         ];
         let mut next = rng(7);
         for (case, &(m, n, k)) in shapes.iter().enumerate() {
-            for layout in 0..4 {
+            // 0-3: each operand row-major or transposed (the packers' fast paths); 4-5: every
+            // other element of a twice-as-large buffer, no unit stride (their general path).
+            for layout in 0..6 {
                 let a_t = layout & 1 == 1;
                 let b_t = layout & 2 == 2;
-                let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
-                let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
-                let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
-                let (brs, bcs) = if b_t { (1, k) } else { (n, 1) };
+                let strided = layout >= 4;
+                let a: Vec<f32> = (0..2 * m * k).map(|_| next()).collect();
+                let b: Vec<f32> = (0..2 * k * n).map(|_| next()).collect();
+                let (ars, acs) = match (strided, a_t) {
+                    (true, _) => (2, 2 * m),
+                    (false, true) => (1, m),
+                    (false, false) => (k, 1),
+                };
+                let (brs, bcs) = match (strided, layout == 5) {
+                    (true, true) => (2, 2 * k),
+                    (true, false) => (2 * n, 2),
+                    (false, _) if b_t => (1, k),
+                    (false, _) => (n, 1),
+                };
                 let col_major_dst = case % 2 == 1;
                 let (drs, dcs) = if col_major_dst { (1, m) } else { (n, 1) };
                 let read_dst = layout == 3;
