@@ -110,6 +110,8 @@ pub struct TrainConfig {
     pub filter: FilterRule,
     /// Phase II: how many of the labeller's labels are kept.
     pub keep: KeepCount,
+    /// Phase II: of the kept labels, each class's most confident share that stays (1: all).
+    pub keep_fraction: f64,
     pub freeze_stem: bool,
     /// Batch size of inference passes (labelling, evaluation).
     pub infer_batch_size: usize,
@@ -149,6 +151,7 @@ impl Default for TrainConfig {
             head_init: HeadInit::Prompts,
             filter: FilterRule::Confidence,
             keep: KeepCount::Validator,
+            keep_fraction: 1.0,
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
@@ -251,6 +254,12 @@ impl TrainConfig {
             bail!(
                 "self_training_fraction: must be in (0, 1], got {}",
                 self.self_training_fraction
+            );
+        }
+        if !(self.keep_fraction > 0.0 && self.keep_fraction <= 1.0) {
+            bail!(
+                "keep_fraction: must be in (0, 1], got {}",
+                self.keep_fraction
             );
         }
         if let Some(l) = &self.labeled {

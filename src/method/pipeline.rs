@@ -666,6 +666,15 @@ pub fn phase2_sets(
                         c,
                     );
                 }
+                if ctx.plan.keep_fraction < 1.0 {
+                    clean = pseudo_labels::cap_at_fraction(
+                        &clean,
+                        &labeller.labels,
+                        &labeller.confidence,
+                        c,
+                        ctx.plan.keep_fraction,
+                    );
+                }
                 for (r, row) in rows.iter_mut().enumerate() {
                     row.label = labeller.labels[r];
                     row.confidence = labeller.confidence[r];

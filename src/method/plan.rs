@@ -52,6 +52,8 @@ pub struct Plan {
     pub filter: FilterRule,
     /// How many labels the collaborative filter keeps.
     pub keep: KeepCount,
+    /// Each class's most confident share of the kept labels that stays (1: all).
+    pub keep_fraction: f64,
     /// Phase II sets, one fine-tune each.
     pub finetunes: usize,
     /// Momentum contrast in Phase II (CoFT+).
@@ -101,6 +103,7 @@ impl Plan {
             sets,
             filter: cfg.filter,
             keep: cfg.keep,
+            keep_fraction: cfg.keep_fraction,
             finetunes: if sets == SetRule::CollaborativeFilter {
                 2
             } else {
@@ -208,7 +211,15 @@ impl fmt::Display for Plan {
             }
             _ => "",
         };
-        writeln!(f, "phase II sets: {sets}{evened}{capped}")?;
+        let share = if self.sets == SetRule::CollaborativeFilter && self.keep_fraction < 1.0 {
+            format!(
+                ", each class's most confident {:.0}% of them",
+                100.0 * self.keep_fraction
+            )
+        } else {
+            String::new()
+        };
+        writeln!(f, "phase II sets: {sets}{evened}{capped}{share}")?;
         write!(
             f,
             "phase II: {} full fine-tune(s){}, head from {}",

@@ -244,6 +244,39 @@ pub fn cap_at_expected(kept: &[bool], labels: &[usize], confidence: &[f32], c: u
     out
 }
 
+/// `keep_fraction`: of the kept rows, per class `y`, the `ceil(fraction * kept rows labelled
+/// y)` most confident stay (ties to the earlier row). Per class, so a rare class keeps its
+/// share instead of losing to the confident large ones.
+pub fn cap_at_fraction(
+    kept: &[bool],
+    labels: &[usize],
+    confidence: &[f32],
+    c: usize,
+    fraction: f64,
+) -> Vec<bool> {
+    let mut count = vec![0usize; c];
+    for (r, &y) in labels.iter().enumerate() {
+        if kept[r] {
+            count[y] += 1;
+        }
+    }
+    let mut left: Vec<usize> = count
+        .iter()
+        .map(|&n| ((n as f64) * fraction).ceil() as usize)
+        .collect();
+    let mut order: Vec<usize> = (0..kept.len()).filter(|&r| kept[r]).collect();
+    order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]).then(a.cmp(&b)));
+    let mut out = vec![false; kept.len()];
+    for r in order {
+        let y = labels[r];
+        if left[y] > 0 {
+            left[y] -= 1;
+            out[r] = true;
+        }
+    }
+    out
+}
+
 /// Size and quality of one pseudo-label set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetQuality {
@@ -466,6 +499,24 @@ mod tests {
         assert_eq!(
             keep_most_confident(&[false; 2], &[0.1, 0.2]),
             vec![false; 2]
+        );
+    }
+
+    #[test]
+    fn fraction_cap_keeps_per_class_the_most_confident_share() {
+        // Class 0 has 4 kept rows (half = 2), class 1 has 3 (ceil(1.5) = 2), row 6 was not kept.
+        let kept = [true, true, true, true, true, true, true, false];
+        let labels = [0, 0, 0, 0, 1, 1, 1, 1];
+        let conf = [0.2, 0.9, 0.5, 0.7, 0.3, 0.3, 0.8, 0.99];
+        assert_eq!(
+            cap_at_fraction(&kept, &labels, &conf, 2, 0.5),
+            [false, true, false, true, true, false, true, false]
+        );
+        // 1.0 keeps every kept row; a tiny share still keeps one row of each class.
+        assert_eq!(cap_at_fraction(&kept, &labels, &conf, 2, 1.0), kept);
+        assert_eq!(
+            cap_at_fraction(&kept, &labels, &conf, 2, 0.01),
+            [false, true, false, false, false, false, true, false]
         );
     }
 
