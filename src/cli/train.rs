@@ -177,8 +177,9 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     resolve_paths(&mut resolved, &cwd);
     cfg = resolved.try_into().context("config")?;
     cfg.validate().context("config")?;
-    // config.toml says what the run does: MoCo on or off, not "by method".
+    // config.toml says what the run does: MoCo on or off and the share kept, not "by method".
     cfg.phase2.moco.enabled = Some(cfg.moco_enabled());
+    cfg.keep_fraction = Some(cfg.keep_fraction());
     Ok(cfg)
 }
 

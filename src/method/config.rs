@@ -110,8 +110,10 @@ pub struct TrainConfig {
     pub filter: FilterRule,
     /// Phase II: how many of the labeller's labels are kept.
     pub keep: KeepCount,
-    /// Phase II: of the kept labels, each class's most confident share that stays (1: all).
-    pub keep_fraction: f64,
+    /// Phase II: of the kept labels, each class's most confident share that stays (1: all);
+    /// unset = by method, see [`TrainConfig::keep_fraction`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_fraction: Option<f64>,
     pub freeze_stem: bool,
     /// Batch size of inference passes (labelling, evaluation).
     pub infer_batch_size: usize,
@@ -151,7 +153,7 @@ impl Default for TrainConfig {
             head_init: HeadInit::Prompts,
             filter: FilterRule::Confidence,
             keep: KeepCount::Validator,
-            keep_fraction: 1.0,
+            keep_fraction: None,
             freeze_stem: false,
             infer_batch_size: 64,
             crop_scale_min: 0.5,
@@ -256,11 +258,10 @@ impl TrainConfig {
                 self.self_training_fraction
             );
         }
-        if !(self.keep_fraction > 0.0 && self.keep_fraction <= 1.0) {
-            bail!(
-                "keep_fraction: must be in (0, 1], got {}",
-                self.keep_fraction
-            );
+        if let Some(f) = self.keep_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("keep_fraction: must be in (0, 1], got {f}");
+            }
         }
         if let Some(l) = &self.labeled {
             if !l.is_file() {
@@ -357,6 +358,16 @@ impl TrainConfig {
             .moco
             .enabled
             .unwrap_or(self.method == Method::CoftPlus)
+    }
+
+    /// Share of each class's kept labels Phase II trains on: as set, else half with MoCo and
+    /// all without. With MoCo the unlabelled pool still reaches the encoder through the
+    /// contrastive loss, so the less-confident half is worth less than the noise it brings;
+    /// without MoCo the halved set costs more data than it saves (docs/method.md has the lab
+    /// table).
+    pub fn keep_fraction(&self) -> f64 {
+        self.keep_fraction
+            .unwrap_or(if self.moco_enabled() { 0.5 } else { 1.0 })
     }
 
     /// Phase I rounds this method runs.

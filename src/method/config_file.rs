@@ -206,7 +206,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("l2_detach", "L2 trains the negative prompts only (DeFT): its gradient reaches neither the positive nor the visual prompts, so the positive classifier is fitted by L1 alone."),
     ("filter", "Phase II: the validator passes a label when its positive prompt beats its negative one (METHOD.md); \"confidence\" keeps that many of the labeller's most confident labels, \"paper\" keeps exactly the passed ones (docs/method.md has the table)."),
     ("keep", "Phase II: how many labels each set keeps: \"validator\" (as many as the validator passes, METHOD.md) or \"expected\" (per class, at most the labeller's expected number right: the sum of its confidences over the images it gives that class)."),
-    ("keep_fraction", "Phase II: of the labels kept, each class's most confident share that stays (1: all). A fine-tune ends about as good as its labels, and the labeller's confidence ranks them well (docs/method.md)."),
+    ("keep_fraction", "Phase II: of the labels kept, each class's most confident share that stays (1: all); unset = 0.5 with MoCo (coft_plus), 1 without. With MoCo all of U still trains the encoder, so the less confident half adds more noise than data (docs/method.md has the table).|0.5"),
     ("head_init", "Phase II linear head: \"prompts\" (positive-prompt class embeddings / tau, the [decision] in METHOD.md) or \"random\"."),
     ("freeze_stem", "Freeze the patch and position embeddings and the first LayerNorm in Phase II (as DeFT does)."),
     ("infer_batch_size", "Images per forward pass when labelling and evaluating (memory, not results)."),

@@ -103,7 +103,7 @@ impl Plan {
             sets,
             filter: cfg.filter,
             keep: cfg.keep,
-            keep_fraction: cfg.keep_fraction,
+            keep_fraction: cfg.keep_fraction(),
             finetunes: if sets == SetRule::CollaborativeFilter {
                 2
             } else {
@@ -302,5 +302,26 @@ mod tests {
         assert!(capped
             .to_string()
             .contains("expected number right per class"));
+        // The share kept follows MoCo unless set: half with it, all without.
+        assert_eq!((coft.keep_fraction, plus.keep_fraction), (1.0, 0.5));
+        assert!(plus.to_string().contains("most confident 50%"));
+        assert!(!coft.to_string().contains("most confident 50%"));
+        let plus_no_moco = Plan::new(&TrainConfig {
+            method: Method::CoftPlus,
+            phase2: crate::method::phase2::Phase2Config {
+                moco: crate::method::phase2::MocoConfig {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        assert_eq!(plus_no_moco.keep_fraction, 1.0);
+        let set = Plan::new(&TrainConfig {
+            keep_fraction: Some(0.7),
+            ..Default::default()
+        });
+        assert_eq!(set.keep_fraction, 0.7);
     }
 }
