@@ -614,6 +614,14 @@ pub fn round_guard(
     })
 }
 
+/// Both Phase I models fell back to their untrained start (round 1's guard): the run has
+/// learned nothing beyond zero-shot, and CoFT+'s Phase II trains as CoFT's.
+fn nothing_learned(ctx: &RunContext<'_>) -> bool {
+    ctx.plan.guard_round1
+        && ctx.plan.models == 2
+        && (1..=2).all(|m| ctx.layout.fell_back_to_start(ctx.plan.rounds, m))
+}
+
 /// Phase II step 1: the sets the fine-tunes train on, `phase2/set_<i>.csv` (labels of U and
 /// clean flags), by the plan's rule.
 pub fn phase2_sets(
@@ -666,7 +674,9 @@ pub fn phase2_sets(
                         c,
                     );
                 }
-                if ctx.plan.keep_fraction < 1.0 {
+                // The share follows MoCo: a CoFT+ run whose Phase II falls back to CoFT's (no
+                // MoCo, see `nothing_learned`) keeps CoFT's full sets too.
+                if ctx.plan.keep_fraction < 1.0 && !(ctx.plan.moco && nothing_learned(ctx)) {
                     clean = pseudo_labels::cap_at_fraction(
                         &clean,
                         &labeller.labels,
@@ -741,10 +751,7 @@ pub fn finetune(
     // augmented cross-entropy on all of U plus its contrastive term, with no clean set to
     // anchor it) was measured to fall below it (docs/method.md, shapes6). So CoFT+ trains
     // Phase II as CoFT does.
-    let nothing_learned = ctx.plan.guard_round1
-        && ctx.plan.models == 2
-        && (1..=2).all(|m| ctx.layout.fell_back_to_start(ctx.plan.rounds, m));
-    let moco = ctx.plan.moco && !nothing_learned;
+    let moco = ctx.plan.moco && !nothing_learned(ctx);
     if ctx.plan.moco && !moco {
         tracing::warn!(
             "phase II {name}: both Phase I models are the zero-shot prompt (round 1's guard replaced them), so MoCo is off: a plain fine-tune on the labels of U"
