@@ -184,3 +184,43 @@ fn init_fits_the_context_to_a_small_text_tower() {
         toml::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(cfg.prompts.n_ctx, 4);
 }
+
+/// An unset `k` follows the pool: `coft init` says which K it comes to, and the run (here
+/// its dry run, which makes the same resolution) writes it as an explicit `k`; a given `--k`
+/// wins.
+#[test]
+fn unset_k_follows_the_pool_and_a_given_k_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 classes of 320 images: a tenth of a class is 32.
+    let data = common::synthetic_shapes(&dir.path().join("data"), 320, 1, 0.0, 0);
+    let (data, model) = (data.to_str().unwrap(), model());
+    let model = model.to_str().unwrap();
+    let file = dir.path().join("coft.toml");
+    let f = file.to_str().unwrap();
+    let said = coft(&["init", "--data", data, "--model", model, "--out", f]);
+    let out = stdout_ok(&said) + &String::from_utf8_lossy(&said.stderr);
+    assert!(out.contains("k unset, so K = 32"), "{out}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# k = 16"),
+        "k is written commented out:\n{text}"
+    );
+    let r = dir.path().join("run");
+    let r = r.to_str().unwrap();
+    let o = coft(&["train", "--config", f, "--out", r, "--dry-run"]);
+    let auto = stdout_ok(&o);
+    assert!(auto.lines().any(|l| l == "k = 32"), "{auto}");
+    let plan = String::from_utf8_lossy(&o.stderr);
+    assert!(plan.contains("top-32 per class"), "{plan}");
+    let given = stdout_ok(&coft(&[
+        "train",
+        "--config",
+        f,
+        "--out",
+        r,
+        "--dry-run",
+        "--k",
+        "16",
+    ]));
+    assert!(given.lines().any(|l| l == "k = 16"), "{given}");
+}

@@ -22,7 +22,7 @@ fn config(method: Method, data: &Path) -> TrainConfig {
         method,
         model: demo_model(),
         data: data.to_string_lossy().into_owned(),
-        k: 3,
+        k: Some(3),
         infer_batch_size: 16,
         gradient_checkpointing: false,
         ..TrainConfig::default()

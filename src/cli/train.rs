@@ -327,6 +327,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
                 );
             }
             let cfg = resolve_config(&a)?;
+            let auto = cfg.k.is_none();
+            let cfg = pipeline::resolve_k(&cfg)?;
+            if auto {
+                say!("k unset: K = {} for this pool", cfg.k_resolved());
+            }
             let run = run_dir::RunDir::create(out)?;
             write_run_record(&run.dir, &cfg)?;
             (cfg, run)
@@ -438,7 +443,7 @@ fn write_timings(
 
 /// `--dry-run`: the config and data checks of a run, without the run.
 fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
-    let cfg = resolve_config(a)?;
+    let mut cfg = resolve_config(a)?;
     let spec: coft::data::source::DataSpec =
         cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
     let ds = spec
@@ -446,6 +451,7 @@ fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading data {}", cfg.data))?;
     let (u, _) = coft::data::split_data(&ds);
     pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
+    cfg.k = Some(cfg.k_for(u.samples.len(), ds.classes.len()));
     // The same checks a run makes before it writes anything (models loaded, templates,
     // labeled file, context length).
     let device = common::device(a.device)?;

@@ -75,8 +75,10 @@ pub struct TrainConfig {
     pub templates_json: Option<PathBuf>,
     /// Write class names with spaces for underscores in prompts (CoOp's convention).
     pub underscores_to_spaces: bool,
-    /// Top-K per class in S* (METHOD.md step 0.3).
-    pub k: usize,
+    /// Top-K per class in S* (METHOD.md step 0.3); unset = [`auto_k`] of the pool, resolved
+    /// when a run starts and written into its `config.toml`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
     /// Sinkhorn rounds that even out a labeller's class shares over U before its labels are
     /// used (step 0's S*, CoFT+'s re-selection, Phase II's labels); 0 = METHOD.md's rule as
     /// written. docs/method.md has the lab table.
@@ -137,7 +139,7 @@ impl Default for TrainConfig {
             templates: Vec::new(),
             templates_json: None,
             underscores_to_spaces: true,
-            k: 16,
+            k: None,
             balance_iters: 3,
             balance_min_ratio: 0.5,
             rounds: 3,
@@ -227,7 +229,7 @@ impl TrainConfig {
         if self.templates.iter().any(|t| t.trim().is_empty()) {
             bail!("templates: an empty template");
         }
-        if self.k == 0 {
+        if self.k == Some(0) {
             bail!("k: must be at least 1");
         }
         if self.rounds == 0 {
@@ -397,10 +399,39 @@ impl TrainConfig {
     }
 }
 
+/// METHOD.md's K, the paper's count for every dataset.
+pub const PAPER_K: usize = 16;
+
+/// K when `k` is unset: a tenth of a class's share of the pool in steps of 16, at least
+/// METHOD.md's 16 and at most 64. The top-16 of a large pool are the images the zero-shot
+/// prompt (Phase I's start) is surest of, so Phase I has almost nothing to learn from them:
+/// on CIFAR-10 (500 images a class) it fits them at 91% from its first epoch, and a tenth of
+/// the class (48) lifted CoFT's Phase I models by 4 points (docs/method.md has the table).
+/// Pools under 320 images a class, every small task of the lab and most CoOp datasets, keep
+/// 16.
+pub fn auto_k(pool: usize, classes: usize) -> usize {
+    let per_class = pool / classes.max(1);
+    (PAPER_K * (per_class / (10 * PAPER_K))).clamp(PAPER_K, 4 * PAPER_K)
+}
+
+impl TrainConfig {
+    /// K for a pool of `pool` images in `classes` classes: as set, else [`auto_k`].
+    pub fn k_for(&self, pool: usize, classes: usize) -> usize {
+        self.k.unwrap_or_else(|| auto_k(pool, classes))
+    }
+
+    /// K as resolved at the start of a run; an unresolved config (a library caller's,
+    /// before [`super::pipeline::run`]) shows METHOD.md's 16.
+    pub fn k_resolved(&self) -> usize {
+        self.k.unwrap_or(PAPER_K)
+    }
+}
+
 /// The checks that need the data: at least 2 classes, 2 images per class in the pool `U`,
 /// and K no larger than the pool (an error naming `k`).
 pub fn check_pool(cfg: &TrainConfig, pool: usize, classes: usize) -> anyhow::Result<()> {
     let c = classes;
+    let k = cfg.k_for(pool, c);
     if c < 2 {
         bail!(
             "{}: the method needs at least 2 classes, found {c}",
@@ -413,19 +444,56 @@ pub fn check_pool(cfg: &TrainConfig, pool: usize, classes: usize) -> anyhow::Res
             cfg.data,
         );
     }
-    if cfg.k > pool {
+    if k > pool {
         bail!(
             "k: K = {} images per class is more than the whole pool ({pool} images in {})",
-            cfg.k,
+            k,
             cfg.data
         );
     }
-    if cfg.k * c > pool {
+    if k * c > pool {
         tracing::warn!(
             "k: K = {} for {c} classes asks for {} images, more than the pool's {pool}; every class keeps what it has",
-            cfg.k,
-            cfg.k * c
+            k,
+            k * c
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_k_is_a_tenth_of_a_class_in_steps_of_16_between_16_and_64() {
+        // The lab's small tasks and CoOp-sized pools keep METHOD.md's 16.
+        assert_eq!(auto_k(600, 4), 16); // demo: 150 a class
+        assert_eq!(auto_k(800, 8), 16);
+        assert_eq!(auto_k(4128, 100), 16); // Caltech101's train split
+        assert_eq!(auto_k(319 * 10, 10), 16);
+        assert_eq!(auto_k(320 * 10, 10), 32);
+        // CIFAR-10 at U = 5,000: 500 a class -> 48.
+        assert_eq!(auto_k(5000, 10), 48);
+        // Capped at 64: EuroSAT's 1,350 a class, CIFAR-10's whole training set.
+        assert_eq!(auto_k(13_500, 10), 64);
+        assert_eq!(auto_k(50_000, 10), 64);
+        // A pool smaller than its classes still gets a K (check_pool says what it keeps).
+        assert_eq!(auto_k(3, 10), 16);
+        assert_eq!(auto_k(0, 0), 16);
+    }
+
+    #[test]
+    fn a_set_k_wins_and_an_unset_one_follows_the_pool() {
+        let mut cfg = TrainConfig::default();
+        assert_eq!(cfg.k, None);
+        assert_eq!(cfg.k_for(5000, 10), 48);
+        assert_eq!(cfg.k_resolved(), PAPER_K);
+        cfg.k = Some(16);
+        assert_eq!(cfg.k_for(5000, 10), 16);
+        // An unset k is left out of config.toml; a resolved one is written.
+        let text = toml::to_string(&TrainConfig::default()).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("k =")), "{text}");
+        assert!(toml::to_string(&cfg).unwrap().contains("k = 16"));
+    }
 }

@@ -137,6 +137,14 @@ pub fn preset(model: &str, data: &str) -> (TrainConfig, Vec<String>) {
         }
     }
     if let Ok(spec) = data.parse::<DataSpec>() {
+        if let Ok(ds) = spec.load() {
+            let (u, _) = crate::data::split_data(&ds);
+            let (n, c) = (u.samples.len(), ds.classes.len());
+            notes.push(format!(
+                "pool of {n} images in {c} classes: k unset, so K = {} (a tenth of a class's share, 16 to 64)",
+                super::config::auto_k(n, c)
+            ));
+        }
         if let Source::Benchmark { benchmark, .. } = spec.source {
             cfg.templates = benchmark
                 .default_templates()
@@ -195,7 +203,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("templates", "Zero-shot prompt templates, {} = class name (step 0.1); [] = the dataset's default (CoOp's per benchmark, else \"a photo of a {}.\")."),
     ("templates_json", "CuPL-style JSON {\"class\": [\"sentence\", ...]} ensembled with the templates (CoFT+ addition 3).|\"descriptions.json\""),
     ("underscores_to_spaces", "Write class names with spaces for underscores in prompts (CoOp's convention)."),
-    ("k", "K: the top-K most confident images per class form S* (step 0.3); must not exceed the pool."),
+    ("k", "K: the top-K most confident images per class form S* (step 0.3); must not exceed the pool. Unset = a tenth of a class's share of the pool in steps of 16, at least METHOD.md's 16 and at most 64 (16 below 320 images a class): the top-16 of a large pool are the images the zero-shot prompt, Phase I's start, is surest of and already fits, so Phase I learns little from them (docs/method.md has the table). The run writes the K it used into its config.toml.|16"),
     ("balance_iters", "Sinkhorn rounds that even out a labeller's class shares over U before its labels are used (step 0's top-K, CoFT+'s re-selection, Phase II's labels): a shifted CLIP piles its labels onto a few classes; 0 = METHOD.md's argmax as written (docs/method.md)."),
     ("balance_min_ratio", "A balanced label replaces the labeller's own argmax only where the labeller gave it at least this share of its top probability: balancing fixes near-ties a biased labeller gets wrong and leaves its confident labels alone, so a truly long-tailed pool keeps its large classes (0: always replace; 1: never)."),
     ("rounds", "CoFT+ only: rounds of Phase I, each re-selecting top-K per model from the previous round's labels with fresh prompts."),

@@ -47,6 +47,13 @@ pub struct Hooks<'a> {
 
 /// Run (or resume) the configured method in `run_dir`: METHOD.md's sequence.
 pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::Result<()> {
+    let resolved;
+    let cfg = if cfg.k.is_none() {
+        resolved = resolve_k(cfg)?;
+        &resolved
+    } else {
+        cfg
+    };
     let ctx = RunContext::open(cfg, run_dir, &hooks.device)?;
     let plan = &ctx.plan;
     // Step 0: zero-shot pseudo-labels of U and the high-confidence set S*.
@@ -79,6 +86,22 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
         finetune(&ctx, i, models.get(i - 1), hooks)?;
     }
     export_final(&ctx)
+}
+
+/// The config with `k` resolved against its data's pool ([`super::config::auto_k`] when
+/// unset), so that `config.toml` says which K the run used; a set `k` is kept as it is,
+/// without reading the data.
+pub fn resolve_k(cfg: &TrainConfig) -> anyhow::Result<TrainConfig> {
+    let mut cfg = cfg.clone();
+    if cfg.k.is_none() {
+        let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+        let ds = spec
+            .load()
+            .with_context(|| format!("loading data {}", cfg.data))?;
+        let (u, _) = crate::data::split_data(&ds);
+        cfg.k = Some(super::config::auto_k(u.samples.len(), ds.classes.len()));
+    }
+    Ok(cfg)
 }
 
 /// What every stage of a run shares: the resolved config and its [`Plan`], the layout, the
@@ -408,7 +431,7 @@ pub fn reselect(
                 .collect(),
             _ => ctx.balanced(&view),
         };
-        let selection = select_top_k(&labels, ctx.classes().len(), ctx.cfg.k);
+        let selection = select_top_k(&labels, ctx.classes().len(), ctx.cfg.k_resolved());
         let rows = ctx.selection_rows(&pool.kept, &labels, &selection.selected);
         if let Some(dir) = sel.parent() {
             std::fs::create_dir_all(dir)?;

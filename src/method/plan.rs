@@ -78,15 +78,16 @@ impl Plan {
             _ => 1,
         };
         let (selection, sets) = match m {
-            Method::Coft | Method::CoftPlus | Method::OraclePeft => {
-                (Step0Selection::TopK(cfg.k), SetRule::CollaborativeFilter)
-            }
-            Method::Upl => (Step0Selection::TopK(cfg.k), SetRule::AllLabels),
+            Method::Coft | Method::CoftPlus | Method::OraclePeft => (
+                Step0Selection::TopK(cfg.k_resolved()),
+                SetRule::CollaborativeFilter,
+            ),
+            Method::Upl => (Step0Selection::TopK(cfg.k_resolved()), SetRule::AllLabels),
             Method::SelfTraining => (
                 Step0Selection::TopFraction(cfg.self_training_fraction),
                 SetRule::Step0Selected,
             ),
-            Method::Oracle => (Step0Selection::TopK(cfg.k), SetRule::TrueLabels),
+            Method::Oracle => (Step0Selection::TopK(cfg.k_resolved()), SetRule::TrueLabels),
         };
         Self {
             method: m,

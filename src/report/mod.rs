@@ -493,7 +493,7 @@ pub fn render(
         escape(&format!("{:?}", cfg.method).to_lowercase()),
         escape(&cfg.model),
         escape(&cfg.data),
-        cfg.k,
+        cfg.k_resolved(),
         cfg.seed,
         if RunLayout::new(run).final_classes().is_file() { "yes" } else { "no (the page shows the stages that exist)" },
     );
@@ -712,7 +712,7 @@ fn render_configuration(b: &mut String, run: &Path, cfg: &crate::method::pipelin
         rows.push(("teacher model", t.clone()));
     }
     rows.extend([
-        ("K (top-K per class)", cfg.k.to_string()),
+        ("K (top-K per class)", cfg.k_resolved().to_string()),
         ("Phase I rounds", cfg.phase1_rounds().to_string()),
         (
             "Phase I",
