@@ -138,3 +138,28 @@ fn step0_writes_pseudo_labels_with_top_k_per_class() {
     let again = with_hooks(|hooks| pipeline::step0(&ctx, hooks)).unwrap();
     assert_eq!(again.rows, pool.rows);
 }
+
+/// A library caller's unset `k` is settled where the run opens: the pool's K (4 classes of
+/// 320 images: 32) in the context, its plan and its `config.toml`.
+#[test]
+fn open_settles_an_unset_k_against_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synthetic_shapes(&tmp.path().join("u"), 320, 6, 0.0, 20);
+    let run = tmp.path().join("run");
+    let cfg = TrainConfig {
+        k: None,
+        ..config(Method::Coft, &data)
+    };
+    let ctx = RunContext::open(&cfg, &run, &Device::flex()).unwrap();
+    assert_eq!(ctx.cfg.k, Some(32));
+    assert_eq!(
+        ctx.plan.selection,
+        coft::method::plan::Step0Selection::TopK(32)
+    );
+    let saved = TrainConfig::load(&ctx.layout.config()).unwrap();
+    assert_eq!(saved.k, Some(32));
+    // A set k is kept as it is.
+    let cfg = config(Method::Coft, &data);
+    let set = RunContext::open(&cfg, &tmp.path().join("run2"), &Device::flex()).unwrap();
+    assert_eq!(set.cfg.k, Some(3));
+}

@@ -406,7 +406,7 @@ pub const PAPER_K: usize = 16;
 /// METHOD.md's 16 and at most 64. The top-16 of a large pool are the images the zero-shot
 /// prompt (Phase I's start) is surest of, so Phase I has almost nothing to learn from them:
 /// on CIFAR-10 (500 images a class) it fits them at 91% from its first epoch, and a tenth of
-/// the class (48) lifted CoFT's Phase I models by 4 points (docs/method.md has the table).
+/// the class (48) lifted CoFT's Phase I models by 3.5 points (docs/method.md has the table).
 /// Pools under 320 images a class, every small task of the lab and most CoOp datasets, keep
 /// 16.
 pub fn auto_k(pool: usize, classes: usize) -> usize {
@@ -420,8 +420,9 @@ impl TrainConfig {
         self.k.unwrap_or_else(|| auto_k(pool, classes))
     }
 
-    /// K as resolved at the start of a run; an unresolved config (a library caller's,
-    /// before [`super::pipeline::run`]) shows METHOD.md's 16.
+    /// K as resolved at the start of a run (by `coft train`, or by
+    /// [`super::pipeline::RunContext::open`]); a config not yet opened as a run (a library
+    /// caller printing its [`super::plan::Plan`]) shows METHOD.md's 16.
     pub fn k_resolved(&self) -> usize {
         self.k.unwrap_or(PAPER_K)
     }

@@ -4,6 +4,7 @@
 //! files, with a DONE marker last, so a run resumes at the first unfinished stage or epoch and
 //! a test can start any stage from files it wrote itself.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -47,13 +48,6 @@ pub struct Hooks<'a> {
 
 /// Run (or resume) the configured method in `run_dir`: METHOD.md's sequence.
 pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::Result<()> {
-    let resolved;
-    let cfg = if cfg.k.is_none() {
-        resolved = resolve_k(cfg)?;
-        &resolved
-    } else {
-        cfg
-    };
     let ctx = RunContext::open(cfg, run_dir, &hooks.device)?;
     let plan = &ctx.plan;
     // Step 0: zero-shot pseudo-labels of U and the high-confidence set S*.
@@ -89,8 +83,9 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
 }
 
 /// The config with `k` resolved against its data's pool ([`super::config::auto_k`] when
-/// unset), so that `config.toml` says which K the run used; a set `k` is kept as it is,
-/// without reading the data.
+/// unset), for a caller that records the config before the run opens it (`coft train`'s
+/// `run.json`); [`RunContext::open`] settles an unset `k` the same way. A set `k` is kept as
+/// it is, without reading the data.
 pub fn resolve_k(cfg: &TrainConfig) -> anyhow::Result<TrainConfig> {
     let mut cfg = cfg.clone();
     if cfg.k.is_none() {
@@ -107,7 +102,8 @@ pub fn resolve_k(cfg: &TrainConfig) -> anyhow::Result<TrainConfig> {
 /// What every stage of a run shares: the resolved config and its [`Plan`], the layout, the
 /// data (U plus the semi-supervised images), and the Phase I model with its class prompts.
 pub struct RunContext<'c> {
-    pub cfg: &'c TrainConfig,
+    /// The caller's config, with `k` settled against the pool when it was unset.
+    pub cfg: Cow<'c, TrainConfig>,
     pub plan: Plan,
     pub layout: RunLayout,
     pub data: Dataset,
@@ -143,7 +139,6 @@ impl<'c> RunContext<'c> {
     /// with its `config.toml` (only once everything that can fail early has been checked).
     pub fn open(cfg: &'c TrainConfig, run_dir: &Path, device: &Device) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let plan = Plan::new(cfg);
         let layout = RunLayout::new(run_dir);
         let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
         let ds = spec
@@ -151,9 +146,19 @@ impl<'c> RunContext<'c> {
             .with_context(|| format!("loading data {}", cfg.data))?;
         let (u, _test) = crate::data::split_data(&ds);
         let c = ds.classes.len();
+        // An unset K is the pool's, settled here where the pool is known, so that
+        // config.toml and every stage see one K.
+        let cfg: Cow<'c, TrainConfig> = match cfg.k {
+            Some(_) => Cow::Borrowed(cfg),
+            None => Cow::Owned(TrainConfig {
+                k: Some(cfg.k_for(u.samples.len(), c)),
+                ..cfg.clone()
+            }),
+        };
+        let plan = Plan::new(&cfg);
         // Checked before the run folder is created, so a wrong option leaves nothing behind.
-        check_pool(cfg, u.samples.len(), c)?;
-        super::preflight::check(cfg, &ds.classes, device)?;
+        check_pool(&cfg, u.samples.len(), c)?;
+        super::preflight::check(&cfg, &ds.classes, device)?;
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         cfg.save(&layout.config())?;
@@ -308,7 +313,7 @@ impl<'c> RunContext<'c> {
 /// Step 0 (METHOD.md): the zero-shot classifier labels U, and S* is the top-K of each class
 /// (self-training: the top share). Writes `stage0/pseudo_labels.csv`; returns U as kept.
 pub fn step0(ctx: &RunContext<'_>, hooks: &mut Hooks<'_>) -> anyhow::Result<Pool> {
-    let cfg = ctx.cfg;
+    let cfg = &*ctx.cfg;
     let c = ctx.classes().len();
     let stage0 = StageDir::new(ctx.layout.stage0())?;
     let pl_path = ctx.layout.pseudo_labels();
@@ -451,7 +456,7 @@ pub fn phase1(
     set: &LabeledSet,
     hooks: &mut Hooks<'_>,
 ) -> anyhow::Result<PromptLearner> {
-    let cfg = ctx.cfg;
+    let cfg = &*ctx.cfg;
     let stage = StageDir::new(ctx.layout.phase1_model(round, m))?;
     let seed = phase1_seed(cfg, round, m);
     let learner = start_learner(
@@ -579,7 +584,7 @@ pub fn first_round_guard(
     Ok(if fall_back {
         let device = model.ctx_pos.val().device();
         fallback_learner(
-            ctx.cfg,
+            &ctx.cfg,
             &ctx.clip,
             &ctx.tokenizer,
             ctx.classes().len(),
@@ -753,7 +758,7 @@ pub fn finetune(
     prompts: Option<&PromptLearner>,
     hooks: &mut Hooks<'_>,
 ) -> anyhow::Result<()> {
-    let cfg = ctx.cfg;
+    let cfg = &*ctx.cfg;
     let name = format!("f{i}");
     let stage = StageDir::new(ctx.layout.finetune(i))?;
     if stage.is_done() {
