@@ -625,6 +625,18 @@ fn presets_and_validation() {
         })
     )));
     assert_eq!(m.mean, CLIP_MEAN);
+    // MoCo v2 crops down to 20% of the area; CoFT+'s Phase II bounds it by
+    // phase2.moco.crop_scale_min and keeps every other operation.
+    let crop = |p: &Pipeline| match &p.ops[0] {
+        Op::RandomResizedCrop(c) => c.scale,
+        other => panic!("the crop comes first, got {other:?}"),
+    };
+    assert_eq!(crop(&m), (0.2, 1.0));
+    let half = augment::moco_v2_crop(224, 0.5).unwrap();
+    assert_eq!(crop(&half), (0.5, 1.0));
+    assert_eq!(half.ops[1..], m.ops[1..]);
+    let e = augment::moco_v2_crop(32, 0.0).unwrap_err().to_string();
+    assert!(e.contains("scale"), "{e}");
     assert_eq!(augment::train_default(224).ops.len(), 2);
     // Round trip through JSON (stage configs are saved).
     let json = serde_json::to_string(&m).unwrap();

@@ -238,6 +238,14 @@ fn phase2_moco_config_section() {
     assert_eq!(cfg.phase2.moco.momentum, 0.999);
     assert_eq!(cfg.phase2.moco.temperature, 0.2);
     assert_eq!(cfg.phase2.moco.gamma, 1.0);
+    // Both views crop to at least half the image (MoCo v2: a fifth; docs/method.md).
+    assert_eq!(cfg.phase2.moco.crop_scale_min, 0.5);
+    for bad in [0.0, -0.1, 1.5, f32::NAN] {
+        let mut c = cfg.clone();
+        c.phase2.moco.crop_scale_min = bad;
+        let e = c.phase2.moco.validate().unwrap_err().to_string();
+        assert!(e.contains("phase2.moco.crop_scale_min"), "{bad}: {e}");
+    }
     cfg.phase2.moco.enabled = Some(true);
     cfg.phase2.moco.queue_size = 64;
     cfg.phase2.epochs = 3;

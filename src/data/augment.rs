@@ -219,6 +219,13 @@ pub fn crop_flip(size: u32, min_scale: f32) -> Result<Pipeline, AugmentError> {
 /// 0.1-2, kernel the odd number nearest a tenth of `size`: 23 at 224) p 0.5, flip; CLIP
 /// normalisation.
 pub fn moco_v2(size: u32) -> Pipeline {
+    moco_v2_crop(size, 0.2).expect("the preset is valid")
+}
+
+/// [`moco_v2`] with another lower bound on the crop area (`phase2.moco.crop_scale_min`):
+/// CoFT+'s Phase II trains its cross-entropy on this view, and a 20% crop of a 32-pixel image
+/// is a 14-pixel patch (docs/method.md has the table).
+pub fn moco_v2_crop(size: u32, min_scale: f32) -> Result<Pipeline, AugmentError> {
     let k = (size as f32 * 0.1).round().max(1.0) as u32;
     let kernel_size = if k.is_multiple_of(2) { k + 1 } else { k };
     Pipeline::new(
@@ -226,7 +233,7 @@ pub fn moco_v2(size: u32) -> Pipeline {
         vec![
             RandomResizedCrop {
                 size,
-                scale: (0.2, 1.0),
+                scale: (min_scale, 1.0),
                 ratio: (3.0 / 4.0, 4.0 / 3.0),
             }
             .into(),
@@ -248,7 +255,6 @@ pub fn moco_v2(size: u32) -> Pipeline {
             HorizontalFlip { p: 0.5 }.into(),
         ],
     )
-    .expect("the preset is valid")
 }
 
 /// The random stream of image `index` in `epoch`, `view`: ChaCha8 keyed by the four numbers

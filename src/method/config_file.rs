@@ -265,9 +265,10 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("phase2.moco", "Momentum contrast in Phase II (CoFT+ addition 2): L = L_FFT + gamma * L_cont over batches from all of U."),
     ("phase2.moco.enabled", "On or off; unset = on for coft_plus, off otherwise.|true"),
     ("phase2.moco.momentum", "EMA coefficient mu of the momentum (key) encoder."),
-    ("phase2.moco.queue_size", "Past keys kept as negatives (keep it below the pool size)."),
+    ("phase2.moco.queue_size", "Past keys kept as negatives. Longer than the pool, it holds each image's own earlier keys; a quarter of the pool measured the same on the lab (docs/method.md)."),
     ("phase2.moco.temperature", "tau' of the contrastive loss."),
     ("phase2.moco.gamma", "Weight of the contrastive loss."),
+    ("phase2.moco.crop_scale_min", "Lower bound of the random-resized-crop area in both MoCo views (MoCo v2: 0.2). The cross-entropy trains on the query view; on 32-pixel images MoCo v2's 20% crops (14-pixel patches) cost CoFT+ 1.5 points on CIFAR-10, and 0.5, the plain fine-tune's crop, is measured only at 32 pixels (docs/method.md has the table)."),
 ];
 
 fn lookup<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {

@@ -600,7 +600,8 @@ pub fn all_of_u(rows: &[crate::method::pseudo_labels::PseudoLabel], root: &Path)
     }
 }
 
-/// [`moco_finetune`] with MoCo v2's augmentation for both views, seeded by `seed`.
+/// [`moco_finetune`] with MoCo v2's augmentation for both views (its crop bounded below by
+/// `phase2.moco.crop_scale_min`), seeded by `seed`.
 pub fn phase2_with_moco(
     model: EncoderHead,
     data: &MocoSet,
@@ -610,7 +611,11 @@ pub fn phase2_with_moco(
     env: &mut StageEnv<'_>,
     key_device: &Device,
 ) -> Result<EncoderHead, TrainError> {
-    let aug = crate::data::augment::moco_v2(model.vision.config.image_size as u32);
+    let aug = crate::data::augment::moco_v2_crop(
+        model.vision.config.image_size as u32,
+        cfg.moco.crop_scale_min,
+    )
+    .map_err(|e| TrainError::Config(format!("phase2.moco.crop_scale_min: {}", e.0)))?;
     let views = move |epoch: u64, view: u64| {
         crate::data::augment::transform(aug.clone(), seed, epoch, view)
     };

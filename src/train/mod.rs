@@ -40,6 +40,10 @@ pub enum TrainError {
         context: String,
         problems: Vec<String>,
     },
+    /// An option out of range for a caller that did not validate its config first; the
+    /// message names the option.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl TrainError {
