@@ -17,6 +17,23 @@ fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny/hf")
 }
 
+/// `coft init --data D --model M --out dir/coft.toml` on `per_class` synthetic images of each
+/// of 4 classes: the command's output, the data folder and the config file's path.
+fn init_on(dir: &Path, per_class: usize) -> (Output, PathBuf, PathBuf) {
+    let data = common::synthetic_shapes(&dir.join("data"), per_class, 1, 0.0, 0);
+    let (model, file) = (model(), dir.join("coft.toml"));
+    let said = coft(&[
+        "init",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    (said, data, file)
+}
+
 fn stdout_ok(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -31,14 +48,10 @@ fn fails_naming(o: &Output, needle: &str) {
 #[test]
 fn init_round_trips_to_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let data = common::synthetic_shapes(&dir.path().join("data"), 6, 1, 0.0, 0);
-    let (data, model) = (data.to_str().unwrap(), model());
+    let (said, data, file) = init_on(dir.path(), 6);
+    stdout_ok(&said);
+    let (data, model, f) = (data.to_str().unwrap(), model(), file.to_str().unwrap());
     let model = model.to_str().unwrap();
-    let file = dir.path().join("coft.toml");
-    let f = file.to_str().unwrap();
-    stdout_ok(&coft(&[
-        "init", "--data", data, "--model", model, "--out", f,
-    ]));
     let text = std::fs::read_to_string(&file).unwrap();
     // Commented, every section present.
     for s in [
@@ -192,12 +205,8 @@ fn init_fits_the_context_to_a_small_text_tower() {
 fn unset_k_follows_the_pool_and_a_given_k_wins() {
     let dir = tempfile::tempdir().unwrap();
     // 4 classes of 320 images: a tenth of a class is 32.
-    let data = common::synthetic_shapes(&dir.path().join("data"), 320, 1, 0.0, 0);
-    let (data, model) = (data.to_str().unwrap(), model());
-    let model = model.to_str().unwrap();
-    let file = dir.path().join("coft.toml");
+    let (said, _, file) = init_on(dir.path(), 320);
     let f = file.to_str().unwrap();
-    let said = coft(&["init", "--data", data, "--model", model, "--out", f]);
     let out = stdout_ok(&said) + &String::from_utf8_lossy(&said.stderr);
     assert!(out.contains("k unset, so K = 32"), "{out}");
     let text = std::fs::read_to_string(&file).unwrap();

@@ -444,12 +444,7 @@ fn write_timings(
 /// `--dry-run`: the config and data checks of a run, without the run.
 fn dry_run(a: &TrainArgs) -> anyhow::Result<()> {
     let mut cfg = resolve_config(a)?;
-    let spec: coft::data::source::DataSpec =
-        cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
-    let ds = spec
-        .load()
-        .with_context(|| format!("loading data {}", cfg.data))?;
-    let (u, _) = coft::data::split_data(&ds);
+    let (ds, u) = pipeline::load_pool(&cfg)?;
     pipeline::check_pool(&cfg, u.samples.len(), ds.classes.len())?;
     cfg.k = Some(cfg.k_for(u.samples.len(), ds.classes.len()));
     // The same checks a run makes before it writes anything (models loaded, templates,

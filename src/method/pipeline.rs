@@ -89,14 +89,20 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, hooks: &mut Hooks<'_>) -> anyhow::
 pub fn resolve_k(cfg: &TrainConfig) -> anyhow::Result<TrainConfig> {
     let mut cfg = cfg.clone();
     if cfg.k.is_none() {
-        let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
-        let ds = spec
-            .load()
-            .with_context(|| format!("loading data {}", cfg.data))?;
-        let (u, _) = crate::data::split_data(&ds);
-        cfg.k = Some(super::config::auto_k(u.samples.len(), ds.classes.len()));
+        let (ds, u) = load_pool(&cfg)?;
+        cfg.k = Some(cfg.k_for(u.samples.len(), ds.classes.len()));
     }
     Ok(cfg)
+}
+
+/// The run's data (`cfg.data`) and its pool U (the train split where the data has one).
+pub fn load_pool(cfg: &TrainConfig) -> anyhow::Result<(Dataset, Dataset)> {
+    let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+    let ds = spec
+        .load()
+        .with_context(|| format!("loading data {}", cfg.data))?;
+    let (u, _test) = crate::data::split_data(&ds);
+    Ok((ds, u))
 }
 
 /// What every stage of a run shares: the resolved config and its [`Plan`], the layout, the
@@ -140,11 +146,7 @@ impl<'c> RunContext<'c> {
     pub fn open(cfg: &'c TrainConfig, run_dir: &Path, device: &Device) -> anyhow::Result<Self> {
         cfg.validate()?;
         let layout = RunLayout::new(run_dir);
-        let spec: DataSpec = cfg.data.parse().map_err(|e| anyhow::anyhow!("data: {e}"))?;
-        let ds = spec
-            .load()
-            .with_context(|| format!("loading data {}", cfg.data))?;
-        let (u, _test) = crate::data::split_data(&ds);
+        let (ds, u) = load_pool(cfg)?;
         let c = ds.classes.len();
         // An unset K is the pool's, settled here where the pool is known, so that
         // config.toml and every stage see one K.

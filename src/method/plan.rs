@@ -77,17 +77,17 @@ impl Plan {
             (_, Method::CoftPlus) => cfg.rounds,
             _ => 1,
         };
+        let top_k = Step0Selection::TopK(cfg.k_resolved());
         let (selection, sets) = match m {
-            Method::Coft | Method::CoftPlus | Method::OraclePeft => (
-                Step0Selection::TopK(cfg.k_resolved()),
-                SetRule::CollaborativeFilter,
-            ),
-            Method::Upl => (Step0Selection::TopK(cfg.k_resolved()), SetRule::AllLabels),
+            Method::Coft | Method::CoftPlus | Method::OraclePeft => {
+                (top_k, SetRule::CollaborativeFilter)
+            }
+            Method::Upl => (top_k, SetRule::AllLabels),
             Method::SelfTraining => (
                 Step0Selection::TopFraction(cfg.self_training_fraction),
                 SetRule::Step0Selected,
             ),
-            Method::Oracle => (Step0Selection::TopK(cfg.k_resolved()), SetRule::TrueLabels),
+            Method::Oracle => (top_k, SetRule::TrueLabels),
         };
         Self {
             method: m,
